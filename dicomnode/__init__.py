@@ -1,0 +1,3 @@
+"""The DICOM node service: configuration, DICOM networking and the command line."""
+
+__version__ = "0.1.0"

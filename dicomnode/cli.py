@@ -1,0 +1,121 @@
+"""The `dicomnode` command: run the node and check its configuration."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from dicomnode import __version__, dimse_status
+from dicomnode.config import Config, ConfigError, Destination, load_config, with_overrides
+from dicomnode.logs import configure_logging
+
+log = logging.getLogger("dicomnode")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `dicomnode` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = _config_from(args)
+    except ConfigError as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 2
+    result: int = args.run(config, args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomnode", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the DICOM node")
+    _add_config_flags(serve)
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check-config", help="validate a configuration and print it")
+    _add_config_flags(check)
+    check.set_defaults(run=_check_config)
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration (default: embedded)")
+    parser.add_argument("--ae-title", help="override node.ae_title")
+    parser.add_argument("--host", help="override node.host (listening address)")
+    parser.add_argument("--port", type=int, help="override node.port")
+    parser.add_argument("--storage", type=Path, help="override storage.path")
+    parser.add_argument(
+        "--destination",
+        action="append",
+        default=[],
+        metavar="AET@HOST:PORT",
+        help="replace the destinations (repeatable)",
+    )
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    node: dict[str, Any] = {
+        key: value
+        for key, value in (("ae_title", args.ae_title), ("host", args.host), ("port", args.port))
+        if value is not None
+    }
+    changes: dict[str, Any] = {}
+    if node:
+        changes["node"] = node
+    if args.storage is not None:
+        changes["storage"] = {"path": args.storage}
+    if args.destination:
+        changes["destinations"] = tuple(Destination.parse(d) for d in args.destination)
+    return with_overrides(config, **changes) if changes else config
+
+
+def _check_config(config: Config, args: argparse.Namespace) -> int:
+    del args
+    print(config)
+    return 0
+
+
+def _serve(config: Config, args: argparse.Namespace) -> int:
+    """Listen for associations until SIGTERM or SIGINT."""
+    del args
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    configure_logging(config.logging)
+    config.storage.path.mkdir(parents=True, exist_ok=True)
+    ae = AE(ae_title=config.node.ae_title)
+    ae.add_supported_context(Verification)
+    handlers = [(evt.EVT_C_ECHO, _on_echo)]
+    server = ae.start_server(
+        (config.node.host, config.node.port), block=False, evt_handlers=handlers
+    )
+    log.info(
+        "listening as %s on %s:%d (verification only: storage and analysis are not yet built)",
+        config.node.ae_title,
+        config.node.host,
+        config.node.port,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    server.shutdown()
+    return 0
+
+
+def _on_echo(event: Any) -> int:
+    log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
+    return dimse_status.SUCCESS
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The node's configuration: one TOML file parsed at start-up into frozen, typed objects.
+
+Every key has an embedded default, so the node runs with no file at all. A file only overrides;
+an unknown key, a wrong type or a bad value refuses to start with one sentence naming the key
+and the file. Command-line flags override the file (see `with_overrides`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from rapidfuzz import process
+
+AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["text", "json"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and the file."""
+
+
+class FieldError(ValueError):
+    """A field value its check refused; `name` is the field."""
+
+    def __init__(self, name: str, value: Any, reason: str) -> None:
+        super().__init__(f"'{name}' = {value!r} {reason}")
+        self.name, self.value, self.reason = name, value, reason
+
+
+def _ae_title(value: str) -> None:
+    if not AE_TITLE.match(value) or not value.strip():
+        raise ValueError("must be 1-16 printable ASCII characters without backslash")
+
+
+def _port(value: int) -> None:
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port between 1 and 65535")
+
+
+def _checked(default: Any = dataclasses.MISSING, *, check: Any) -> Any:
+    if default is dataclasses.MISSING:
+        return field(metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+class _Validated:
+    """Runs each field's `check` (from its metadata) after construction."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            check = f.metadata.get("check")
+            value = getattr(self, f.name)
+            if check is not None:
+                try:
+                    check(value)
+                except ValueError as exc:
+                    raise FieldError(f.name, value, str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Destination(_Validated):
+    """A DICOM peer that receives the node's results (C-STORE SCU target)."""
+
+    ae_title: str = _checked(check=_ae_title)
+    host: str
+    port: int = _checked(check=_port)
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """Parse ``AET@HOST:PORT`` as given on the command line."""
+        match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>[^:]+):(?P<port>\d+)", text.strip())
+        if not match:
+            raise ConfigError(f"destination {text!r} is not of the form AET@HOST:PORT")
+        try:
+            return cls(match["aet"], match["host"], int(match["port"]))
+        except ValueError as exc:
+            raise ConfigError(f"destination {text!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class NodeSection(_Validated):
+    """Where and as whom the node listens."""
+
+    ae_title: str = _checked("WRISTAI", check=_ae_title)
+    host: str = "127.0.0.1"
+    port: int = _checked(11112, check=_port)
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    """Where received instances, the index and results live."""
+
+    path: Path = Path("var/dicomnode")
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    """Log verbosity and line format."""
+
+    level: LogLevel = "INFO"
+    format: LogFormat = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    node: NodeSection = field(default_factory=NodeSection)
+    storage: StorageSection = field(default_factory=StorageSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    destinations: tuple[Destination, ...] = ()
+
+
+def load_config(path: Path | None) -> Config:
+    """Read `path` (or only the embedded defaults when None) into a validated `Config`."""
+    if path is None:
+        return Config()
+    try:
+        with path.open("rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: configuration file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    # Relative paths (storage) are relative to the working directory, as `make run` and the
+    # systemd unit (WorkingDirectory) set it.
+    return typing.cast(Config, _build(Config, raw, key="", source=path))
+
+
+def with_overrides(config: Config, **changes: Any) -> Config:
+    """A copy of `config` with command-line overrides, e.g. ``node={'port': 104}``."""
+    sections = {}
+    for name, value in changes.items():
+        current = getattr(config, name)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            try:
+                sections[name] = dataclasses.replace(current, **value)  # type: ignore[type-var]
+            except FieldError as exc:
+                raise ConfigError(
+                    f"command line: '{name}.{exc.name}' = {exc.value!r} {exc.reason}"
+                ) from exc
+        else:
+            sections[name] = value
+    return dataclasses.replace(config, **sections)
+
+
+def _build(cls: type[Any], raw: Any, *, key: str, source: Path) -> Any:
+    where = f"[{key}]" if key else "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in fields:
+            guess = process.extractOne(name, list(fields), score_cutoff=60)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+            raise ConfigError(f"{source}: unknown key '{_join(key, name)}'{hint}")
+    values = {
+        name: _coerce(hints[name], raw[name], key=_join(key, name), source=source) for name in raw
+    }
+    missing = [f.name for f in fields.values() if f.name not in raw and _required(f)]
+    if missing:
+        raise ConfigError(f"{source}: {where} lacks the key '{_join(key, missing[0])}'")
+    try:
+        return cls(**values)
+    except FieldError as exc:
+        raise ConfigError(
+            f"{source}: '{_join(key, exc.name)}' = {exc.value!r} {exc.reason}"
+        ) from exc
+
+
+def _required(f: dataclasses.Field[Any]) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _coerce(hint: Any, value: Any, *, key: str, source: Path) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(typing.cast(type[Any], hint), value, key=key, source=source)
+    if origin is tuple:
+        item = get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{key}' must be a list, not {_kind(value)}")
+        return tuple(
+            _coerce(item, v, key=f"{key}[{i}]", source=source) for i, v in enumerate(value)
+        )
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            listed = ", ".join(repr(c) for c in choices)
+            raise ConfigError(f"{source}: '{key}' must be one of {listed}, not {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type {hint}")  # pragma: no cover - schema bug
+    expected = {Path: str, int: int, float: (int, float), str: str, bool: bool}[hint]
+    if (isinstance(value, bool) and hint is not bool) or not isinstance(value, expected):
+        raise ConfigError(f"{source}: '{key}' must be {_name(hint)}, not {_kind(value)}")
+    return Path(value) if hint is Path else hint(value)
+
+
+def _name(hint: Any) -> str:
+    return {Path: "a path (string)", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, "a boolean"
+    )
+
+
+def _kind(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)

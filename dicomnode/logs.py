@@ -1,0 +1,39 @@
+"""Log set-up: one line per event, as text or JSON. Callers log study UIDs, never patient data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from dicomnode.config import LoggingSection
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(section: LoggingSection) -> None:
+    """Send log records to stderr (journald picks them up under systemd)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if section.format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(section.level)
+    # pynetdicom narrates every PDU at INFO; keep its warnings only.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))

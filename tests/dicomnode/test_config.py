@@ -1,0 +1,82 @@
+"""Configuration: embedded defaults, the shipped file, and one clear sentence per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomnode.config import Config, ConfigError, Destination, load_config, with_overrides
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "dicomnode.toml"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_file_states_exactly_the_embedded_defaults() -> None:
+    assert load_config(SHIPPED) == Config()
+
+
+def test_no_file_means_embedded_defaults() -> None:
+    config = load_config(None)
+    assert config.node.ae_title == "WRISTAI" and config.node.port == 11112
+
+
+def test_a_file_overrides_and_parses_destinations(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        '[node]\nport = 104\n[[destinations]]\nae_title = "PACS"\nhost = "10.0.0.5"\nport = 4242\n'
+        '[storage]\npath = "/srv/spool"\n',
+    )
+    config = load_config(path)
+    assert config.node.port == 104 and config.node.ae_title == "WRISTAI"
+    assert config.destinations == (Destination("PACS", "10.0.0.5", 4242),)
+    assert config.storage.path == Path("/srv/spool")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[node]\nprot = 1\n", "unknown key 'node.prot' (did you mean 'port'?)"),
+        ("[nodes]\nport = 1\n", "unknown key 'nodes' (did you mean 'node'?)"),
+        ('[node]\nport = "104"\n', "'node.port' must be an integer, not a string"),
+        ("[node]\nport = true\n", "'node.port' must be an integer, not a boolean"),
+        ("[node]\nport = 70000\n", "'node.port' = 70000 must be a TCP port"),
+        ('[node]\nae_title = "A_TITLE_LONGER_THAN_16"\n', "'node.ae_title'"),
+        ('[node]\nae_title = "BACK\\\\SLASH"\n', "'node.ae_title'"),
+        ('[logging]\nlevel = "LOUD"\n', "'logging.level' must be one of"),
+        ("[storage]\npath = 3\n", "'storage.path' must be a path (string), not an integer"),
+        ('[[destinations]]\nae_title = "X"\nhost = "h"\n', "lacks the key 'destinations[0].port'"),
+        ("node = 3\n", "[node] must be a table"),
+        ("[node\n", "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert message in str(exc.value)
+    assert str(path) in str(exc.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_overrides_are_validated_too() -> None:
+    config = with_overrides(Config(), node={"port": 2000})
+    assert config.node.port == 2000
+    with pytest.raises(ConfigError, match=r"'node\.port' = 0"):
+        with_overrides(Config(), node={"port": 0})
+
+
+@pytest.mark.parametrize("text", ["PACS@host", "@h:1", "PACS@h:99999", "PACS@h:x"])
+def test_destination_flag_syntax(text: str) -> None:
+    with pytest.raises(ConfigError):
+        Destination.parse(text)
+    assert Destination.parse("PACS@127.0.0.1:4242") == Destination("PACS", "127.0.0.1", 4242)

@@ -1,0 +1,1 @@
+"""The training package: synthetic archive, dataset preparation, model fitting and export."""

@@ -1,0 +1,1 @@
+"""A synthetic wrist-radiograph archive: rendering, DICOM encoding and the archive writer."""

@@ -1,0 +1,83 @@
+"""A contact sheet of one synthetic instance per situation, read back through `read_radiograph`.
+
+It shows what the pipeline will see (display space), so a person can check at a glance that the
+images look like wrists and that every photometric and geometric situation is present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pipeline.dicomio import DicomImageError, read_radiograph
+from train.phantoms.archive import read_truth
+
+Row = dict[str, str]
+SITUATIONS: tuple[tuple[str, Callable[[Row], bool]], ...] = (
+    ("PA", lambda r: r["view"] == "PA" and r["body_part"] == "wrist" and r["parts"] == "1"),
+    ("lateral", lambda r: r["view"] == "LAT" and r["body_part"] == "wrist"),
+    ("fracture", lambda r: r["fracture_visible"] == "1" and r["fracture_subtle"] == "0"),
+    ("subtle fracture", lambda r: r["fracture_subtle"] == "1" and r["fracture_visible"] == "1"),
+    ("implant", lambda r: r["implant"] == "1"),
+    ("cast", lambda r: r["cast"] == "1"),
+    ("two parts", lambda r: r["parts"] == "2"),
+    ("rotated", lambda r: r["arm_angle_deg"] != "nan" and abs(float(r["arm_angle_deg"])) > 45),
+    ("fingers down", lambda r: r["fingers_down"] == "1" and r["body_part"] == "wrist"),
+    ("MONOCHROME1", lambda r: r["photometric"] == "monochrome1"),
+    ("inverted by workstation", lambda r: r["photometric"] == "inverted"),
+    ("white frame", lambda r: r["frame"] == "white"),
+    ("ruler", lambda r: r["ruler"] == "1"),
+    ("RGB screenshot", lambda r: r["sop_kind"] == "SC_RGB"),
+    ("chest", lambda r: r["body_part"] == "chest"),
+    ("pelvis", lambda r: r["body_part"] == "pelvis"),
+    ("skull", lambda r: r["body_part"] == "skull"),
+    (
+        "non-wrist tagged as arm",
+        lambda r: (
+            r["body_part"] != "wrist"
+            and r["body_part_tag"] in ("ARM", "BRAZO", "FOREARM", "ANTEBRAZO")
+        ),
+    ),
+    ("JPEG 2000", lambda r: r["transfer_syntax"].startswith("j2k")),
+    ("JPEG baseline", lambda r: r["transfer_syntax"] == "jpeg_baseline"),
+)
+
+
+def write_contact_sheet(archive: Path, out: Path, *, tile: int = 256, columns: int = 5) -> int:
+    """Write a PNG sheet of one instance per situation found in `archive`; returns tiles drawn."""
+    rows = [r for r in read_truth(archive) if not r["corrupt"]]
+    picks: list[tuple[str, Row]] = []
+    used: set[str] = set()
+    for name, matches in SITUATIONS:
+        candidates = [r for r in rows if matches(r)]
+        found = next((r for r in candidates if r["path"] not in used), None)
+        found = found or next(iter(candidates), None)
+        if found is not None:
+            picks.append((name, found))
+            used.add(found["path"])
+    caption = 34
+    n_rows = max(1, -(-len(picks) // columns))
+    sheet = Image.new("L", (columns * tile, n_rows * (tile + caption)), color=40)
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, row) in enumerate(picks):
+        x, y = (i % columns) * tile, (i // columns) * (tile + caption)
+        try:
+            pixels = read_radiograph(archive / row["path"]).pixels
+            thumb = _thumbnail(pixels, tile)
+            sheet.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
+        except DicomImageError as exc:
+            draw.text((x + 4, y + tile // 2), f"unreadable: {exc}"[:40], fill=255)
+        label = f"{name}\n{row['body_part_tag'] or '(no tag)'} {row['transfer_syntax']}"
+        draw.text((x + 4, y + tile + 2), label, fill=230)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return len(picks)
+
+
+def _thumbnail(pixels: np.ndarray, size: int) -> Image.Image:
+    image = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    image.thumbnail((size, size), Image.Resampling.BILINEAR)
+    return image

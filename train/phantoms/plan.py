@@ -1,0 +1,298 @@
+"""What a synthetic archive contains: patients, studies, views and how each instance is stored.
+
+Planning is separate from rendering so the frequencies are readable in one place and a study's
+plan depends only on (seed, study index): any study can be regenerated alone, in any process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
+
+import numpy as np
+
+from train.phantoms.anatomy import Fracture, ViewSpec, random_view_spec
+from train.phantoms.encoding import TRANSFER_SYNTAXES
+
+FRACTURE_PREVALENCE = 0.31  # thesis Section 3.1: 4,214 of 13,538 studies
+VIEW_COUNTS = (
+    (1, 0.28),
+    (2, 0.52),
+    (3, 0.1),
+    (4, 0.06),
+    (5, 0.015),
+    (6, 0.01),
+    (7, 0.01),
+    (8, 0.005),
+)
+# Fractured studies: visible in every view 81%, in half of them 14%, in a third the rest (Sec. 6.3).
+VISIBILITY = (("all", 0.81), ("half", 0.14), ("third", 0.05))
+FRACTURE_KINDS = (("transverse", 0.4), ("oblique", 0.25), ("buckle", 0.2), ("scaphoid", 0.15))
+NON_WRIST_SHARE = 0.07
+MISTAGGED_NON_WRIST_SHARE = 0.35
+
+WRIST_TAGS = (
+    ("WRIST", 0.3),
+    ("Wrist", 0.06),
+    ("MUÑECA", 0.16),
+    ("MUNECA", 0.07),
+    ("muñeca izq", 0.04),
+    ("MUÑECA DCHA", 0.03),
+    ("CANELL", 0.05),
+    ("POIGNET", 0.05),
+    ("HANDGELENK", 0.04),
+    ("PUNHO", 0.04),
+    ("WRSIT", 0.02),
+    ("MUÑEKA", 0.02),
+    ("MUNYECA", 0.02),
+    ("Poignet G", 0.02),
+    ("", 0.08),
+)
+WRIST_DESCRIPTIONS = (
+    "RX MUÑECA",
+    "RX MUÑECA DERECHA",
+    "Wrist 2 views",
+    "RX CANELL ESQ",
+    "Poignet F+P",
+)
+NON_WRIST_TAGS = {
+    "chest": ("CHEST", "TORAX", "TÓRAX", "THORAX"),
+    "pelvis": ("PELVIS", "PELVIS", "BASSIN", "BECKEN"),
+    "skull": ("SKULL", "CRANEO", "CRÁNEO", "CRANI"),
+}
+WRONG_TAGS = ("ARM", "BRAZO", "FOREARM", "ANTEBRAZO")
+
+SYNTAX_WEIGHTS = {"explicit_le": 0.5, "implicit_le": 0.1} | {
+    name: 0.4 / (len(TRANSFER_SYNTAXES) - 2)
+    for name in TRANSFER_SYNTAXES
+    if name not in ("explicit_le", "implicit_le")
+}
+SOP_KINDS = (("CR", 0.45), ("DX_PRESENTATION", 0.37), ("DX_PROCESSING", 0.06), ("SC", 0.12))
+SC_KINDS = (("grey8", 0.5), ("grey16", 0.3), ("rgb", 0.2))
+PHOTOMETRIC = (("monochrome2", 0.66), ("monochrome1", 0.2), ("inverted", 0.14))
+VOI = (("window", 0.45), ("sigmoid", 0.1), ("voi_lut", 0.07), ("none", 0.38))
+# Deliberately corrupt instances, placed by study index so every archive of 21 or more studies
+# has both kinds: the last view of every 37th study truncated, the first of every 53rd broken.
+TRUNCATED_EVERY, BROKEN_HEADER_EVERY = 37, 53
+# Body Part Examined is a Code String (upper-case ASCII, 16 chars), yet old systems store free text
+# in it. Most studies get the conformant spelling there and the free text in Study Description;
+# this share keeps the free text in the tag, as legacy archives do (dciodvfy flags their VR).
+LEGACY_TAG_SHARE = 0.05
+MANUFACTURERS = ("Agfa", "Carestream Health", "FUJIFILM Corporation", "Philips", "Siemens")
+FIRST_NAMES = ("JOSE", "MARIA", "JORDI", "MONTSERRAT", "JEAN", "ANNA", "JOÃO", "ZOË", "LUCÍA")
+LAST_NAMES = ("GARCIA", "MUÑOZ", "PUIG", "MARTÍNEZ", "DUBOIS", "MÜLLER", "SILVA", "FERRER")
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    """One instance: its rendering spec and how it is stored."""
+
+    spec: ViewSpec
+    sop_instance_uid: str
+    series_instance_uid: str
+    series_number: int
+    instance_number: int
+    sop_kind: str
+    """CR, DX_PRESENTATION, DX_PROCESSING, SC_GREY8, SC_GREY16 or SC_RGB."""
+    photometric: str
+    bits_stored: int
+    voi: str
+    syntax: str
+    corrupt: str
+    """'' or 'truncated' or 'header'."""
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """One study: who, what, the label, and its instances."""
+
+    index: int
+    patient_id: str
+    patient_name: str
+    patient_sex: str
+    birth_date: str
+    study_instance_uid: str
+    accession_number: str
+    study_date: str
+    body_part: str
+    body_part_tag: str
+    study_description: str
+    conformant: bool
+    mistagged: bool
+    """A non-wrist study whose Body Part Examined names an arm."""
+    """False when Body Part Examined holds free text that is not a valid Code String."""
+    label: int
+    laterality: str
+    manufacturer: str
+    instances: tuple[InstancePlan, ...]
+    has_labels: bool
+    has_images: bool
+
+
+def as_code_string(text: str) -> str:
+    """The PS3.5 Code String a conformant system would store: accents folded, upper case,
+    only A-Z, 0-9, space and underscore, at most 16 characters."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^A-Z0-9_ ]+", " ", folded.upper()).strip()[:16].strip()
+
+
+def _choice(rng: np.random.Generator, weighted: tuple[tuple[str, float], ...]) -> str:
+    names, weights = zip(*weighted, strict=True)
+    p = np.asarray(weights, dtype=np.float64)
+    return str(names[int(rng.choice(len(names), p=p / p.sum()))])
+
+
+def _uid(seed: int, *parts: object) -> str:
+    """A deterministic UID under the UUID root 2.25 (PS3.5 B.2) from a hash of its identity."""
+    digest = hashlib.sha256("/".join(["wristai-synth", str(seed), *map(str, parts)]).encode())
+    return f"2.25.{int.from_bytes(digest.digest()[:16], 'big')}"
+
+
+def plan_study(seed: int, index: int, *, size: str, n_patients: int) -> StudyPlan:
+    """The plan of study `index` of the archive generated with `seed` (pure and deterministic)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    # Some patients have two studies (a fracture and its follow-up): the split must be by patient.
+    patient = int(rng.integers(0, n_patients))
+    prng = np.random.default_rng(np.random.SeedSequence([seed, 10**9 + patient]))
+    name = f"{LAST_NAMES[int(prng.integers(len(LAST_NAMES)))]}^"
+    name += FIRST_NAMES[int(prng.integers(len(FIRST_NAMES)))]
+    birth = date(1940, 1, 1) + timedelta(days=int(prng.integers(0, 365 * 70)))
+    study_date = date(2016, 1, 1) + timedelta(days=int(rng.integers(0, 365 * 4)))
+
+    body_part = "wrist"
+    if rng.random() < NON_WRIST_SHARE:
+        body_part = str(rng.choice(["chest", "pelvis", "skull"]))
+    if body_part == "wrist":
+        typed = _choice(rng, WRIST_TAGS)
+        description = (
+            str(rng.choice(WRIST_DESCRIPTIONS)) if typed == "" or rng.random() < 0.5 else ""
+        )
+    else:
+        wrong = rng.random() < MISTAGGED_NON_WRIST_SHARE
+        typed = str(rng.choice(WRONG_TAGS if wrong else NON_WRIST_TAGS[body_part]))
+        description = ""
+    tag = as_code_string(typed)
+    if tag != typed:
+        if rng.random() < LEGACY_TAG_SHARE:
+            tag = typed
+        else:
+            description = f"RX {typed}"
+    label = int(body_part == "wrist" and rng.random() < FRACTURE_PREVALENCE)
+    laterality = str(rng.choice(["L", "R"]))
+
+    n_views = int(_choice(rng, tuple((str(n), p) for n, p in VIEW_COUNTS)))
+    if body_part != "wrist":
+        n_views = 1 + int(rng.random() < 0.3)
+    visible = _visible_views(rng, n_views) if label else [False] * n_views
+    fracture = Fracture(kind=_choice(rng, FRACTURE_KINDS), subtle=bool(rng.random() < 0.2))
+    implant = bool(rng.random() < (0.25 if label else 0.03))
+    cast = bool(rng.random() < (0.2 if label else 0.04))
+    study_uid = _uid(seed, "study", index)
+    series_uid = _uid(seed, "series", index)
+
+    instances = []
+    for number in range(n_views):
+        view = "PA" if number % 2 == 0 else "LAT"
+        spec = random_view_spec(
+            rng,
+            body_part=body_part,
+            view=view,
+            fracture=fracture if visible[number] else None,
+            size=size,
+        )
+        spec = replace(spec, implant=implant and body_part == "wrist", cast=cast or spec.cast)
+        spec = replace(spec, marker=laterality if spec.marker else None)
+        instances.append(
+            _instance_plan(rng, seed, index, number, spec, series_uid, last=number == n_views - 1)
+        )
+    has_labels, has_images = True, True
+    roll = rng.random()
+    if roll < 0.01:
+        has_images = False  # a label whose images never reached the archive
+    elif roll < 0.02:
+        has_labels = False  # images nobody labelled
+    return StudyPlan(
+        index=index,
+        patient_id=f"SYN{patient:06d}",
+        patient_name=name,
+        patient_sex=str(prng.choice(["F", "M"])),
+        birth_date=birth.strftime("%Y%m%d"),
+        study_instance_uid=study_uid,
+        accession_number=f"A{seed % 1000:03d}{index:07d}",
+        study_date=study_date.strftime("%Y%m%d"),
+        body_part=body_part,
+        body_part_tag=tag,
+        study_description=description,
+        conformant=tag == as_code_string(tag),
+        mistagged=body_part != "wrist" and typed in WRONG_TAGS,
+        label=label,
+        laterality=laterality,
+        manufacturer=str(rng.choice(MANUFACTURERS)),
+        instances=tuple(instances),
+        has_labels=has_labels,
+        has_images=has_images,
+    )
+
+
+def _visible_views(rng: np.random.Generator, n_views: int) -> list[bool]:
+    share = _choice(rng, VISIBILITY)
+    count = {"all": n_views, "half": max(1, n_views // 2), "third": max(1, n_views // 3)}[share]
+    chosen = set(rng.permutation(n_views)[:count].tolist())
+    return [i in chosen for i in range(n_views)]
+
+
+def _instance_plan(
+    rng: np.random.Generator,
+    seed: int,
+    index: int,
+    number: int,
+    spec: ViewSpec,
+    series_uid: str,
+    *,
+    last: bool,
+) -> InstancePlan:
+    sop_kind = _choice(rng, SOP_KINDS)
+    if sop_kind == "SC":
+        sop_kind = "SC_" + _choice(rng, SC_KINDS).upper()
+    syntax = _choice(rng, tuple(SYNTAX_WEIGHTS.items()))
+    photometric = _choice(rng, PHOTOMETRIC)
+    bits = int(rng.choice([10, 12, 14, 16]))
+    voi = _choice(rng, VOI)
+    if sop_kind == "SC_RGB":
+        # Screenshots exported from a viewer: 8-bit colour, displayed as shown, no VOI.
+        syntax = syntax if syntax in ("explicit_le", "implicit_le", "rle", "deflated") else "rle"
+        photometric, bits, voi = str(rng.choice(["monochrome2", "inverted"])), 8, "none"
+    elif sop_kind == "SC_GREY8":
+        bits = 8
+    if sop_kind == "DX_PRESENTATION" and voi == "none":
+        voi = "window"  # a For Presentation image must carry its VOI (PS3.3 C.8.11.3)
+    if sop_kind == "DX_PROCESSING":
+        voi, photometric = "none", "monochrome2" if photometric == "inverted" else photometric
+    bits = min(bits, TRANSFER_SYNTAXES[syntax].max_bits)
+    if syntax == "jpeg_baseline":
+        bits = 8
+    elif syntax == "jpeg_extended":
+        bits = 12
+    corrupt = ""
+    if index % TRUNCATED_EVERY == 5 and last:
+        corrupt = "truncated"
+    elif index % BROKEN_HEADER_EVERY == 20 and number == 0:
+        corrupt = "header"
+    if corrupt and syntax not in ("explicit_le", "implicit_le"):
+        syntax = "explicit_le"
+    return InstancePlan(
+        spec=spec,
+        sop_instance_uid=_uid(seed, "instance", index, number),
+        series_instance_uid=series_uid,
+        series_number=1,
+        instance_number=number + 1,
+        sop_kind=sop_kind,
+        photometric=photometric,
+        bits_stored=bits,
+        voi=voi,
+        syntax=syntax,
+        corrupt=corrupt,
+    )
