@@ -93,10 +93,12 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     config.storage.path.mkdir(parents=True, exist_ok=True)
     ae = AE(ae_title=config.node.ae_title)
     ae.add_supported_context(Verification)
-    handlers = [(evt.EVT_C_ECHO, _on_echo)]
     server = ae.start_server(
-        (config.node.host, config.node.port), block=False, evt_handlers=handlers
+        (config.node.host, config.node.port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_ECHO, _on_echo)],
     )
+    assert server is not None  # block=False always returns the server
     log.info(
         "listening as %s on %s:%d (verification only: storage and analysis are not yet built)",
         config.node.ae_title,

@@ -45,6 +45,11 @@ def _port(value: int) -> None:
         raise ValueError("must be a TCP port between 1 and 65535")
 
 
+def _host(value: str) -> None:
+    if not value.strip() or any(c.isspace() for c in value):
+        raise ValueError("must be a host name or address")
+
+
 def _checked(default: Any = dataclasses.MISSING, *, check: Any) -> Any:
     if default is dataclasses.MISSING:
         return field(metadata={"check": check})
@@ -70,7 +75,7 @@ class Destination(_Validated):
     """A DICOM peer that receives the node's results (C-STORE SCU target)."""
 
     ae_title: str = _checked(check=_ae_title)
-    host: str
+    host: str = _checked(check=_host)
     port: int = _checked(check=_port)
 
     @classmethod
@@ -137,7 +142,7 @@ def load_config(path: Path | None) -> Config:
 
 def with_overrides(config: Config, **changes: Any) -> Config:
     """A copy of `config` with command-line overrides, e.g. ``node={'port': 104}``."""
-    sections = {}
+    sections: dict[str, Any] = {}
     for name, value in changes.items():
         current = getattr(config, name)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
@@ -204,10 +209,19 @@ def _coerce(hint: Any, value: Any, *, key: str, source: Path) -> Any:
         return value
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported config type {hint}")  # pragma: no cover - schema bug
-    expected = {Path: str, int: int, float: (int, float), str: str, bool: bool}[hint]
+    expected = _TOML_TYPES[hint]
     if (isinstance(value, bool) and hint is not bool) or not isinstance(value, expected):
         raise ConfigError(f"{source}: '{key}' must be {_name(hint)}, not {_kind(value)}")
-    return Path(value) if hint is Path else hint(value)
+    return Path(str(value)) if hint is Path else hint(value)
+
+
+_TOML_TYPES: dict[Any, type | tuple[type, ...]] = {
+    Path: str,
+    int: int,
+    float: (int, float),
+    str: str,
+    bool: bool,
+}
 
 
 def _name(hint: Any) -> str:

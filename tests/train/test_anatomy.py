@@ -45,7 +45,9 @@ def render(spec: ViewSpec, seed: int = 0) -> RenderedView:
 
 
 def foreground(image: np.ndarray) -> np.ndarray:
-    return image > threshold_otsu(image)
+    level = float(threshold_otsu(image))  # type: ignore[no-untyped-call]
+    mask: np.ndarray = image > level
+    return mask
 
 
 def axis_angle(mask: np.ndarray) -> float:
@@ -62,7 +64,9 @@ def angle_error(a: float, b: float) -> float:
     return min(d, 180.0 - d)
 
 
-def line_samples(line: tuple[tuple[float, float], tuple[float, float]], n: int = 40) -> tuple:
+def line_samples(
+    line: tuple[tuple[float, float], tuple[float, float]], n: int = 40
+) -> tuple[np.ndarray, np.ndarray]:
     (x0, y0), (x1, y1) = line
     t = np.linspace(0.15, 0.85, n)  # the middle of the line, where it crosses bone
     return np.round(y0 + t * (y1 - y0)).astype(int), np.round(x0 + t * (x1 - x0)).astype(int)
@@ -150,15 +154,18 @@ def test_fingers_direction(down: bool) -> None:
     assert (bottom > top) if down else (top > bottom)  # the spread hand is wider than the forearm
 
 
-def test_bbox_is_tight() -> None:
-    out = render(replace(PLAIN, noise=0.0, angle_deg=15.0, height=384, width=512), 4)
+@pytest.mark.parametrize("seed", range(4))
+def test_bbox_is_tight(seed: int) -> None:
+    angle = (15.0, -10.0, 5.0, 0.0)[seed]
+    out = render(replace(PLAIN, noise=0.0, angle_deg=angle, height=384, width=512), seed)
     x0, y0, x1, y1 = out.parts[0].bbox
     img = out.image
     outside = np.ones_like(img, dtype=bool)
     outside[max(y0 - 3, 0) : y1 + 3, max(x0 - 3, 0) : x1 + 3] = False
     assert outside.sum() > 0.2 * img.size
-    assert img[outside].max() < 0.2
-    inside = img[y0:y1, x0:x1] > 0.2
+    background = float(np.median(img[outside]))
+    assert img[outside].max() < background + 0.05
+    inside = img[y0:y1, x0:x1] > background + 0.02
     # every edge of the box touches the arm
     assert inside[:3].any() and inside[-3:].any() and inside[:, :3].any() and inside[:, -3:].any()
 
@@ -213,8 +220,8 @@ def test_fracture_line_visible_at_classifier_resolution() -> None:
 
     spec = replace(PLAIN, fracture=Fracture("transverse", False), noise=0.0)
     broken, whole = render(spec, 1), render(replace(spec, fracture=None), 1)
-    small_b = resize(broken.image, (512, 341), anti_aliasing=True)
-    small_w = resize(whole.image, (512, 341), anti_aliasing=True)
+    small_b = resize(broken.image, (512, 341), anti_aliasing=True)  # type: ignore[no-untyped-call]
+    small_w = resize(whole.image, (512, 341), anti_aliasing=True)  # type: ignore[no-untyped-call]
     sx = 341 / spec.width
     line = tuple((x * sx, y) for x, y in broken.parts[0].fracture_line)  # type: ignore[union-attr]
     ys, xs = line_samples(line)  # type: ignore[arg-type]
@@ -257,12 +264,13 @@ def test_white_frame_makes_edges_bright() -> None:
 
 
 def test_marker_and_ruler_add_bright_content_outside_the_arm() -> None:
-    for extra in ({"marker": "R"}, {"ruler": True}):
-        out = render(replace(PLAIN, noise=0.0, height=400, width=512, **extra), 4)  # type: ignore[arg-type]
+    base = replace(PLAIN, noise=0.0, height=400, width=512)
+    for spec in (replace(base, marker="R"), replace(base, ruler=True)):
+        out = render(spec, 4)
         x0, y0, x1, y1 = out.parts[0].bbox
         outside = out.image.copy()
         outside[y0:y1, x0:x1] = 0
-        assert outside.max() > 0.7, extra
+        assert outside.max() > 0.7, spec
 
 
 def test_specks_are_tiny_and_leave_the_rest_unchanged() -> None:

@@ -175,3 +175,14 @@ def test_synth_command_writes_archive_and_contact_sheet(
     with Image.open(sheet) as image:
         assert image.width == 5 * 256 and image.height >= 3 * 256
         assert np.asarray(image).std() > 20  # pictures, not an empty canvas
+
+
+def test_full_size_archive_has_detector_sizes(tmp_path: Path) -> None:
+    generate_archive(tmp_path, studies=3, seed=21, size="full")
+    rows = [r for r in read_truth(tmp_path) if not r["corrupt"]]
+    assert rows
+    for row in rows:
+        rows_, columns = int(row["rows"]), int(row["columns"])
+        assert 250 <= min(rows_, columns) and max(rows_, columns) <= 4000
+        assert read_radiograph(tmp_path / row["path"]).pixels.shape == (rows_, columns)
+    assert max(max(int(r["rows"]), int(r["columns"])) for r in rows) > 1000

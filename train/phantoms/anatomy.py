@@ -37,6 +37,11 @@ LAYOUTS = ("single", "side_by_side", "joined")
 
 _WORK_LONG = 640  # anatomy is rasterised at most at this long side, then upscaled
 _HAND_LEN = 205.0  # radiocarpal joint to fingertip skin, phantom units
+Pt = tuple[float, float]
+Line = tuple[Pt, Pt]
+Box = tuple[int, int, int, int]
+_Ray = tuple[Pt, Pt, float]  # metacarpal base, head, radius
+
 _COMMON_SIZES = ((2500, 3000), (2048, 2500), (1800, 2400), (500, 500))  # (cols, rows)
 
 
@@ -209,7 +214,7 @@ def _place(h: int, w: int, arm: _Arm, rng: np.random.Generator) -> Placement:
     )
     scale_len = rng.uniform(0.6, 0.75) * chord / _HAND_LEN
     scale_wid = rng.uniform(0.38, 0.52) * across / 60.0
-    scale = math.sqrt(scale_len * scale_wid)
+    scale = scale_len**0.35 * scale_wid**0.65  # favour a wide arm: fingers may be cut off
     back = rng.uniform(0.0, 0.12) * chord  # slide towards the forearm: fingers may leave frame
     side = rng.uniform(-0.05, 0.05) * across
     ccx, ccy = (w - 1) / 2, (h - 1) / 2
@@ -234,7 +239,9 @@ def _place(h: int, w: int, arm: _Arm, rng: np.random.Generator) -> Placement:
     return pl
 
 
-def _soft_tissue(tis: np.ndarray, pl: Placement, view: str, mcs: list, tips: list) -> None:
+def _soft_tissue(
+    tis: np.ndarray, pl: Placement, view: str, mcs: list[_Ray], tips: list[Pt]
+) -> None:
     if view == "PA":
         soft_tube(tis, pl, (0.0, -420.0), (0.0, 25.0), 31.0, 27.5, 0.5)
         soft_tube(tis, pl, (-1.0, -15.0), (1.5, 90.0), 28.0, 31.0, 0.45)
@@ -251,7 +258,7 @@ def _soft_tissue(tis: np.ndarray, pl: Placement, view: str, mcs: list, tips: lis
 
 def _hand_bones(
     dens: np.ndarray, pl: Placement, view: str, jitter: np.ndarray, scaphoid_cut: Cut | None
-) -> tuple[list, list]:
+) -> tuple[list[_Ray], list[Pt]]:
     """Carpals, metacarpals and phalanges. Returns metacarpals and fingertip skin points."""
     carpals = _PA_CARPALS if view == "PA" else _LAT_CARPALS
     for k, (name, (u, v, a, b, ang)) in enumerate(carpals.items()):
@@ -261,7 +268,7 @@ def _hand_bones(
         )
     mcs = list(_PA_METACARPALS if view == "PA" else _LAT_METACARPALS)
     spread = _FINGER_SPREAD_PA if view == "PA" else _FINGER_SPREAD_LAT
-    tips = []
+    tips: list[Pt] = []
     for i, (base, head, r) in enumerate(mcs):
         tube(dens, pl, base, head, r * 0.95, r * 0.8, knobs=(1.0, 1.5), knob_len=2.5 * r)
         d = (head[0] - base[0], head[1] - base[1])
@@ -422,7 +429,8 @@ def _cast(dens: np.ndarray, pl: Placement, view: str, rng: np.random.Generator) 
 
 
 def _to_display(dens: np.ndarray, background: float) -> np.ndarray:
-    return (background + (1.0 - background) * -np.expm1(-dens)).astype(np.float32)
+    out: np.ndarray = (background + (1.0 - background) * -np.expm1(-dens)).astype(np.float32)
+    return out
 
 
 def _work_shape(h: int, w: int) -> tuple[int, int, float]:
@@ -430,7 +438,7 @@ def _work_shape(h: int, w: int) -> tuple[int, int, float]:
     return max(round(h * f), 8), max(round(w * f), 8), f
 
 
-def _bbox_of(mask: np.ndarray, x_off: int, fy: float, fx: float, h: int, w: int) -> tuple:
+def _bbox_of(mask: np.ndarray, x_off: int, fy: float, fx: float, h: int, w: int) -> Box:
     """Tight box of a work-resolution mask (placed at column x_off) in output pixels."""
     ys, xs = np.nonzero(mask)
     if ys.size == 0:
@@ -461,14 +469,16 @@ def _exposure(
             x_off = 0 if i == 0 else ww - slot
             layer = _render_arm(wh, slot, arm, spec, rng)
             dens[:, x_off : x_off + slot] += layer.dens + layer.tissue
-            line = None
+            line: Line | None = None
             if layer.line is not None:
-                line = tuple(
-                    ((x + x_off + 0.5) * fx - 0.5, (y + 0.5) * fy - 0.5) for x, y in layer.line
+                (xa, ya), (xb, yb) = layer.line
+                line = (
+                    ((xa + x_off + 0.5) * fx - 0.5, (ya + 0.5) * fy - 0.5),
+                    ((xb + x_off + 0.5) * fx - 0.5, (yb + 0.5) * fy - 0.5),
                 )
-            fg = layer.tissue > 0.02
+            fg = layer.tissue > 0.05
             bbox = _bbox_of(fg, x_off, fy, fx, h, w)
-            truths.append(PartTruth(bbox, arm.angle, arm.flip, line))  # type: ignore[arg-type]
+            truths.append(PartTruth(bbox, arm.angle, arm.flip, line))
     img = _to_display(dens, background)
     marker_rng, ruler_rng, speck_rng = (_child(rng) for _ in range(3))
     if spec.marker:
@@ -601,7 +611,7 @@ def random_view_spec(
         parts=2 if two else 1,
         layout=("side_by_side" if rng.random() < 0.5 else "joined") if two else "single",
         specks=int(rng.integers(0, 7)),
-        exposure=float(rng.uniform(0.7, 1.3)),
+        exposure=float(rng.uniform(0.6, 1.4)),
         noise=float(np.exp(rng.uniform(math.log(0.005), math.log(0.04)))),
         blur=float(rng.uniform(0.3, 1.5)),
         heel=float(rng.uniform(0.0, 0.25)),

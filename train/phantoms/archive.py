@@ -178,7 +178,7 @@ def build_dataset(
     ds.file_meta = FileMetaDataset()
     sop_class = SOP_CLASSES[instance.sop_kind]
     ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = instance.sop_instance_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid.UID(instance.sop_instance_uid)
     ds.file_meta.ImplementationClassUID = uid.PYDICOM_IMPLEMENTATION_UID
     ds.SpecificCharacterSet = "ISO_IR 192"
     ds.ImageType = (

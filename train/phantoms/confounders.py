@@ -133,14 +133,16 @@ def contrast_heel(
 def add_noise(img: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
     """Additive gaussian noise, stronger in dark (low-dose) regions as with quantum noise."""
     gain = np.float32(std) * (1.4 - 0.8 * np.clip(img, 0, 1))
-    return img + gain * rng.standard_normal(img.shape, dtype=np.float32)
+    out: np.ndarray = img + gain * rng.standard_normal(img.shape, dtype=np.float32)
+    return out
 
 
 def blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian unsharpness (sigma in pixels of the array given)."""
     if sigma < 0.05:
         return img
-    return ndimage.gaussian_filter(img, sigma, mode="nearest")
+    out: np.ndarray = ndimage.gaussian_filter(img, sigma, mode="nearest")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,8 +98,10 @@ def to_stored(
     attrs.BitsStored = bits_stored
     attrs.HighBit = bits_stored - 1
     attrs.PixelRepresentation = 0
-    # A window over the raw range: displays the image as rendered (inverted ones stay inverted).
-    center, width = low + span / 2.0, span
+    # A window over the stored range: displays the image as rendered (inverted ones stay
+    # inverted, MONOCHROME1 is inverted back by the reader).
+    stored_low = full - low - span if photometric in ("monochrome1", "inverted") else low
+    center, width = stored_low + span / 2.0, span
     if voi == "window":
         attrs.WindowCenter = f"{center:.1f}"
         attrs.WindowWidth = f"{width:.1f}"
@@ -108,7 +110,7 @@ def to_stored(
         attrs.WindowWidth = f"{width / 2.0:.1f}"
         attrs.VOILUTFunction = "SIGMOID"
     elif voi == "voi_lut":
-        attrs.VOILUTSequence = [_voi_lut_item(low, span)]
+        attrs.VOILUTSequence = [_voi_lut_item(stored_low, span)]
     return pixels, attrs
 
 
@@ -146,12 +148,13 @@ def write_instance(ds: Dataset, pixels: np.ndarray, syntax: str, path: Path) -> 
         ds.file_meta.TransferSyntaxUID = spec.uid
         ds.save_as(path, enforce_file_format=True)
         return
-    options: dict[str, object] = {}
+    # generate_instance_uid=False: the synthetic truth is keyed by the SOP Instance UID.
     if syntax == "jpegls_near_lossless":
-        options["jls_error"] = 2
+        ds.compress(spec.uid, pixels, generate_instance_uid=False, jls_error=2)
     elif syntax == "j2k_lossy":
-        options["j2k_cr"] = [15]
-    ds.compress(spec.uid, pixels, generate_instance_uid=False, **options)  # truth is keyed by it
+        ds.compress(spec.uid, pixels, generate_instance_uid=False, j2k_cr=[15])
+    else:
+        ds.compress(spec.uid, pixels, generate_instance_uid=False)
     if spec.lossy:
         ratio = pixels.nbytes / max(len(ds.PixelData), 1)
         ds.LossyImageCompressionRatio = f"{ratio:.2f}"

@@ -96,7 +96,8 @@ class Cut:
         """Multiplicative factor (<= 1) darkening bone along the line."""
         along, side, length = self._frame(u, v)
         ends = np.clip(np.minimum(along, length - along) / (2 * self.width) + 0.5, 0, 1)
-        return 1 - self.depth * ends * np.exp(-((side / self.width) ** 2))
+        out: np.ndarray = 1 - self.depth * ends * np.exp(-((side / self.width) ** 2))
+        return out
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def bone_profile(rho2: np.ndarray, cortex: float, wc: float, wm: float) -> np.nd
     outer = np.sqrt(np.maximum(1 - rho2, 0))
     ri = 1 - cortex
     inner = np.sqrt(np.maximum(ri * ri - rho2, 0))
-    return wc * (outer - inner) + wm * inner
+    out: np.ndarray = wc * (outer - inner) + wm * inner
+    return out
 
 
 def tube(
@@ -277,4 +279,5 @@ def plate(
 def smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
     """Unit-variance gaussian random field with correlation length ~sigma pixels."""
     f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
-    return f / max(float(f.std()), 1e-6)
+    out: np.ndarray = f / max(float(f.std()), 1e-6)
+    return out
