@@ -1,0 +1,166 @@
+"""The study-level preprocessor: the thesis steps in order, with every view's transform kept.
+
+For each instance: wrist filter -> colour inversion -> anatomic part splitter -> rotation
+alignment -> pad/resize to the model input. Every output view knows the composed map from its
+pixels to the source image's pixels (`View.to_source`) and back (`View.from_source`), which the
+node uses to draw heat maps on the image the radiologist sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.dicomio import Radiograph
+from pipeline.preprocess.analysis import AnalysisParams, reduce
+from pipeline.preprocess.geometry import OutputGeometry, fit_part, render
+from pipeline.preprocess.inversion import InversionDecision, InversionParams, correct_inversion
+from pipeline.preprocess.part_splitter import Box, SplitterParams, split_parts
+from pipeline.preprocess.rotation import RotationParams, align
+from pipeline.preprocess.transforms import Affine
+from pipeline.preprocess.wrist_filter import (
+    WristDecision,
+    WristFilterParams,
+    WristVocabulary,
+    decide_wrist,
+)
+
+
+def _default_wrist_params() -> WristFilterParams:
+    return WristFilterParams(vocabulary=WristVocabulary.load())
+
+
+@dataclass(frozen=True)
+class PreprocessParams:
+    """Every parameter of the preprocessing; model bundles carry them so node and training agree."""
+
+    wrist: WristFilterParams = field(default_factory=_default_wrist_params)
+    inversion: InversionParams = field(default_factory=InversionParams)
+    analysis: AnalysisParams = field(default_factory=AnalysisParams)
+    splitter: SplitterParams = field(default_factory=SplitterParams)
+    rotation: RotationParams = field(default_factory=RotationParams)
+    output: OutputGeometry = field(default_factory=OutputGeometry)
+
+
+@dataclass(frozen=True)
+class View:
+    """One model-input image cut from a source instance, and how it maps back."""
+
+    sop_instance_uid: str
+    part: int
+    n_parts: int
+    pixels: np.ndarray
+    """float32 (height, width) in [0, 1]: bone bright, arm vertical, fingers up."""
+    transform: Affine
+    """View pixel -> source pixel."""
+    bbox: Box
+    """The part's box in source pixels (x0, y0, x1, y1)."""
+    rotation_deg: float
+    """Counter-clockwise turn on screen applied to the source, fingers flip included."""
+    fingers_flipped: bool
+    inverted: bool
+
+    def to_source(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) view pixels (x, y) -> source pixels."""
+        return self.transform.apply(points)
+
+    def from_source(self, points: np.ndarray) -> np.ndarray:
+        """(N, 2) source pixels (x, y) -> view pixels."""
+        return self.transform.inverse().apply(points)
+
+
+@dataclass(frozen=True)
+class PreprocessedInstance:
+    """What the preprocessing decided for one instance, and the views it produced."""
+
+    sop_instance_uid: str
+    source_shape: tuple[int, int]
+    wrist: WristDecision
+    inversion: InversionDecision | None
+    views: tuple[View, ...]
+
+
+def preprocess_radiograph(
+    radiograph: Radiograph,
+    params: PreprocessParams,
+    *,
+    timings: dict[str, float] | None = None,
+) -> PreprocessedInstance:
+    """Run every step on one radiograph. `timings`, when given, accumulates seconds per step."""
+    clock = _Stopwatch(timings)
+    with clock("wrist_filter"):
+        wrist = decide_wrist(
+            radiograph,
+            body_part=radiograph.body_part_examined,
+            study_description=radiograph.study_description,
+            series_description=radiograph.series_description,
+            params=params.wrist,
+        )
+    shape = (int(radiograph.pixels.shape[0]), int(radiograph.pixels.shape[1]))
+    if not wrist.is_wrist:
+        return PreprocessedInstance(radiograph.sop_instance_uid, shape, wrist, None, ())
+    with clock("inversion"):
+        pixels, inversion = correct_inversion(radiograph.pixels, params.inversion)
+    with clock("part_splitter"):
+        reduced = reduce(pixels, params.analysis)
+        split = split_parts(reduced, inversion.collimation.inner, shape, params.splitter)
+    level = inversion.background_level
+    background = 1.0 - level if inversion.inverted else level  # after the correction
+    views = []
+    for part in split.parts:
+        with clock("rotation"):
+            alignment = align(part.mask, params.rotation)
+        with clock("geometry"):
+            transform = fit_part(part.mask, reduced, alignment.rotation_deg, params.output)
+            several = len(split.parts) > 1
+            view_pixels = render(
+                pixels,
+                transform,
+                params.output,
+                background=background,
+                keep=part.mask if several else None,
+                keep_to_source=reduced.to_source if several else None,
+            )
+        views.append(
+            View(
+                sop_instance_uid=radiograph.sop_instance_uid,
+                part=part.index,
+                n_parts=len(split.parts),
+                pixels=view_pixels,
+                transform=transform,
+                bbox=part.box,
+                rotation_deg=alignment.rotation_deg,
+                fingers_flipped=alignment.fingers_flipped,
+                inverted=inversion.inverted,
+            )
+        )
+    return PreprocessedInstance(radiograph.sop_instance_uid, shape, wrist, inversion, tuple(views))
+
+
+def preprocess_study(
+    radiographs: Iterable[Radiograph], params: PreprocessParams
+) -> tuple[PreprocessedInstance, ...]:
+    """Preprocess every instance of a study (the thesis's study-level step applier)."""
+    return tuple(preprocess_radiograph(r, params) for r in radiographs)
+
+
+class _Stopwatch:
+    """Accumulates wall time per step into a dict, or does nothing."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        if self.timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[step] = self.timings.get(step, 0.0) + time.perf_counter() - start
