@@ -1,12 +1,15 @@
-"""The `dicomnode-train` command: build synthetic archives (more subcommands come with training)."""
+"""The `dicomnode-train` command: synthetic archives, fetch, preprocess, prepare, preview."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
+
+from train.fetch import add_fetch_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +35,46 @@ def main(argv: list[str] | None = None) -> int:
         help="also write a contact sheet of one instance per situation",
     )
     synth.set_defaults(run=_synth)
+
+    preprocess = commands.add_parser(
+        "preprocess", help="run the preprocessing on DICOM files, write PNG views, print JSON lines"
+    )
+    preprocess.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    preprocess.add_argument("--out", type=Path, required=True, help="folder for the PNG views")
+    preprocess.set_defaults(run=_preprocess)
+
+    prepare = commands.add_parser("prepare", help="archive + labels -> PNG/CSV dataset")
+    prepare.add_argument("archive", type=Path, help="folder of DICOM files (searched recursively)")
+    prepare.add_argument("--labels", type=Path, required=True, help="study labels CSV")
+    prepare.add_argument("--out", type=Path, required=True, help="dataset folder")
+    prepare.add_argument("--workers", type=int, default=2, help="processes (2)")
+    prepare.add_argument(
+        "--shard",
+        default="1/1",
+        metavar="K/N",
+        help="prepare only shard K of N (for several machines)",
+    )
+    prepare.add_argument(
+        "--key-file",
+        type=Path,
+        help="pseudonym key (hex); default DATASET/pseudonym.key, created once",
+    )
+    prepare.set_defaults(run=_prepare)
+
+    preview = commands.add_parser("preview", help="before/after contact sheet of a dataset")
+    preview.add_argument("dataset", type=Path)
+    preview.add_argument(
+        "--archive",
+        type=Path,
+        help="the archive it was prepared from (default: recorded in the dataset)",
+    )
+    preview.add_argument("--out", type=Path, required=True, help="PNG to write")
+    preview.add_argument("--key-file", type=Path, help="the pseudonym key used by prepare")
+    preview.add_argument("--count", type=int, default=12)
+    preview.add_argument("--seed", type=int, default=0)
+    preview.set_defaults(run=_preview)
+
+    add_fetch_command(commands)
 
     args = parser.parse_args(argv)
     result: int = args.run(args)
@@ -62,6 +105,101 @@ def _synth(args: argparse.Namespace) -> int:
     if args.preview:
         tiles = write_contact_sheet(args.out, args.preview)
         print(f"contact sheet of {tiles} situations: {args.preview}")
+    return 0
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from pipeline.dicomio import DicomImageError, read_radiograph
+    from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
+    from train.dataset.records import rejection_record, view_record, write_png
+
+    params = PreprocessParams()
+    failures = 0
+    for path in args.files:
+        try:
+            radiograph = read_radiograph(path)
+        except (DicomImageError, OSError) as exc:
+            print(json.dumps({"source": str(path), "error": str(exc)}), flush=True)
+            failures += 1
+            continue
+        instance = preprocess_radiograph(radiograph, params)
+        if not instance.wrist.is_wrist:
+            print(json.dumps(rejection_record(str(path), instance), ensure_ascii=False))
+            continue
+        if not instance.views:
+            record = {
+                **rejection_record(str(path), instance),
+                "is_wrist": True,
+                "error": "no anatomic part found in the image",
+            }
+            print(json.dumps(record, ensure_ascii=False))
+            continue
+        for view in instance.views:
+            out = args.out / f"{instance.sop_instance_uid}_{view.part}.png"
+            write_png(view.pixels, out)
+            print(
+                json.dumps(view_record(str(path), instance, view, str(out)), ensure_ascii=False),
+                flush=True,
+            )
+    return 1 if failures == len(args.files) else 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from train.dataset.prepare import prepare
+
+    try:
+        k, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        print(f"dicomnode-train prepare: --shard {args.shard!r} is not K/N", file=sys.stderr)
+        return 2
+    bar = tqdm(unit="study", desc="prepare")
+    try:
+        summary = prepare(
+            args.archive,
+            args.labels,
+            args.out,
+            workers=args.workers,
+            shard=(k, n),
+            key_file=args.key_file,
+            progress=bar.update,
+            on_total=lambda total: setattr(bar, "total", total),
+        )
+    except ValueError as exc:
+        print(f"dicomnode-train prepare: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        bar.close()
+    (args.out / "dataset.json").write_text(
+        json.dumps({"archive": str(args.archive.resolve())}, indent=2) + "\n", encoding="utf-8"
+    )
+    print(
+        f"prepared {summary.studies_prepared} studies ({summary.studies_already_done} already "
+        f"done, shard {k}/{n}); dataset has {summary.views} views, {summary.rejected} rejected "
+        f"instances or studies: {args.out}"
+    )
+    return 0
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from train.dataset.preview import write_preview
+
+    archive = args.archive
+    if archive is None:
+        recorded = args.dataset / "dataset.json"
+        if not recorded.exists():
+            print(
+                "dicomnode-train preview: pass --archive (the dataset does not record it)",
+                file=sys.stderr,
+            )
+            return 2
+        archive = Path(json.loads(recorded.read_text(encoding="utf-8"))["archive"])
+    from train.dataset.split import default_key_file, load_or_create_key
+
+    key = load_or_create_key(args.key_file or default_key_file())
+    drawn = write_preview(
+        args.dataset, archive, args.out, key=key, count=args.count, seed=args.seed
+    )
+    print(f"preview of {drawn} views: {args.out}")
     return 0
 
 

@@ -46,7 +46,6 @@ STATE_VERSION = 1
 SUCCESS = 0x0000
 PENDING = 0xFF00
 PENDING_WITH_WARNINGS = 0xFF01
-CANCEL = 0xFE00
 STORE_OUT_OF_RESOURCES = 0xA700
 STORE_CANNOT_UNDERSTAND = 0xC000
 PENDING_STATUSES = frozenset({PENDING, PENDING_WITH_WARNINGS})
@@ -488,8 +487,9 @@ def _get_study(
     expected: int | None,
 ) -> int:
     """C-GET one study; the number of instances written. FetchError unless it is complete."""
+    where = _where(request, study_uid)
     if not assoc.is_established:
-        raise FetchError(f"{request.label}: study {study_uid}: the association was lost.")
+        raise FetchError(f"{where}: the association was lost.")
     sink.begin(study_uid)
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -498,19 +498,16 @@ def _get_study(
     for status, _identifier in assoc.send_c_get(query, STUDY_ROOT_GET):
         code = _status_code(status)
         if code is None:
-            raise FetchError(
-                f"{request.label}: study {study_uid}: the PACS did not answer the C-GET in time."
-            )
+            raise FetchError(f"{where}: the PACS did not answer the C-GET in time.")
         if code not in PENDING_STATUSES:
             final = status
     if final is None:
-        raise FetchError(f"{request.label}: study {study_uid}: C-GET had no final response.")
+        raise FetchError(f"{where}: C-GET had no final response.")
     code = int(final.Status)
     failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
     warned = int(final.get("NumberOfWarningSuboperations", 0) or 0)
-    where = f"{request.label}: study {study_uid}"
     if sink.refused:
-        raise FetchError(f"{where}: {sink.refused} instances refused ({sink.reasons[0]}).")
+        raise FetchError(f"{where}: refused {sink.refused} instance(s) ({sink.reasons[0]}).")
     if code != SUCCESS or failed or warned:
         category = code_to_category(code).lower()
         raise FetchError(
@@ -522,6 +519,12 @@ def _get_study(
     if expected is not None and sink.written < expected:
         raise FetchError(f"{where}: received {sink.written} of {expected} instances.")
     return sink.written
+
+
+def _where(request: StudyRequest, study_uid: str) -> str:
+    if request.study_instance_uid == study_uid:
+        return request.label
+    return f"{request.label}: study {study_uid}"
 
 
 def _status_code(status: Dataset) -> int | None:

@@ -74,8 +74,15 @@ def render(
     shape = (geometry.height, geometry.width)
     factor = max(1, int(to_source.scale))
     corners = to_source.apply(
-        np.array([[0, 0], [geometry.width - 1, 0], [0, geometry.height - 1],
-                  [geometry.width - 1, geometry.height - 1]], dtype=np.float64)
+        np.array(
+            [
+                [0, 0],
+                [geometry.width - 1, 0],
+                [0, geometry.height - 1],
+                [geometry.width - 1, geometry.height - 1],
+            ],
+            dtype=np.float64,
+        )
     )
     height, width = pixels.shape
     x0 = int(max(0, np.floor(corners[:, 0].min()) - factor))

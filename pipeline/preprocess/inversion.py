@@ -13,7 +13,7 @@ dark tail of an inverted one. The thesis decision is computed alongside, as evid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from skimage.filters import threshold_otsu
@@ -47,7 +47,7 @@ class InversionParams:
     tail_percentiles: tuple[float, float, float] = (1.0, 50.0, 99.0)
     thesis_corner_fraction: float = 0.1
     thesis_threshold: float = 100.0
-    collimation: CollimationParams = CollimationParams()
+    collimation: CollimationParams = field(default_factory=CollimationParams)
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def correct_inversion(
 
     lo, mid, hi = (float(v) for v in np.percentile(small, params.tail_percentiles))
     flat = hi - lo < 1e-6
-    threshold = mid if flat else float(threshold_otsu(small))  # type: ignore[no-untyped-call]
+    threshold = mid if flat else float(threshold_otsu(small))
     ring = _ring(small, params.ring_fraction)
     bright_ring = float(np.mean(ring > threshold))
     if flat:

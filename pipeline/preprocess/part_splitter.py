@@ -114,8 +114,9 @@ def _source_box(
 ) -> Box:
     """A reduced-grid regionprops bbox (row0, col0, row1, col1) as a source box with margin."""
     r0, c0, r1, c1 = bbox
-    (x0, y0), (x1, y1) = reduced.to_source.apply(np.array([[c0 - 0.5, r0 - 0.5], [c1 - 0.5,
-                                                                                   r1 - 0.5]]))
+    (x0, y0), (x1, y1) = reduced.to_source.apply(
+        np.array([[c0 - 0.5, r0 - 0.5], [c1 - 0.5, r1 - 0.5]])
+    )
     margin = margin_fraction * max(x1 - x0, y1 - y0)
     rx0, ry0, rx1, ry1 = region
     height, width = source_shape

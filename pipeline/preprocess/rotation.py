@@ -102,7 +102,7 @@ def _finger_score(
     mask: np.ndarray, centre: np.ndarray, turn_deg: float, params: RotationParams
 ) -> float:
     """Fingers-at-top evidence after turning `mask` by `turn_deg` (positive: fingers up)."""
-    side = int(math.ceil(math.hypot(*mask.shape))) + 2
+    side = math.ceil(math.hypot(*mask.shape)) + 2
     half = (side - 1) / 2.0
     to_mask = turned_about((float(centre[0]), float(centre[1])), turn_deg).then(
         Affine.translation(-half, -half)

@@ -56,7 +56,8 @@ class Affine:
     def apply(self, points: np.ndarray) -> np.ndarray:
         """Map an (N, 2) array of (x, y) output points to input points."""
         p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        return p @ self.matrix[:2, :2].T + self.matrix[:2, 2]
+        mapped: np.ndarray = p @ self.matrix[:2, :2].T + self.matrix[:2, 2]
+        return mapped
 
     @property
     def scale(self) -> float:

@@ -31,7 +31,7 @@ def orthanc(
     Peers it must know (C-MOVE/C-STORE destinations) are added with `add_modality`.
     """
     if not orthanc_available():
-        pytest.skip("Orthanc is not installed")
+        pytest.fail("Orthanc is not installed: `make install` installs it (Debian package orthanc)")
     server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
     with server:
         yield server

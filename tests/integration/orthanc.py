@@ -68,6 +68,9 @@ class OrthancServer:
         self._stable_age_s = stable_age_s
         self._process: subprocess.Popen[bytes] | None = None
 
+    def __repr__(self) -> str:
+        return f"OrthancServer({self.aet}@{LOOPBACK}:{self.dicom_port}, http {self.http_port})"
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:

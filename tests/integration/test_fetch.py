@@ -113,12 +113,20 @@ def test_fetch_is_byte_exact_and_resumable(
     )
     assert {path: path.stat().st_mtime_ns for path in fetched} == mtimes
 
-    # Programmatic use, by Study Instance UID: only the new study is fetched, exit status ok.
-    result = fetch_studies(
-        _pacs(orthanc), [*_requests_by_uid([wanted[0], spare])], out, timeout=10.0
-    )
+    # A study whose C-GET has failed sub-operations (here: its folder cannot be created) is
+    # reported failed and not recorded complete; the next run fetches it.
+    blocker = out / "dicom" / spare
+    blocker.write_bytes(b"")
+    failed = fetch_studies(_pacs(orthanc), _requests_by_uid([spare]), out, timeout=10.0)
+    assert (failed.failed, failed.fetched, failed.ok) == (1, 0, False)
+    assert failed.outcomes[0].message.startswith(f"study {spare}: refused 1 instance(s)")
+    blocker.unlink()
+
+    # Programmatic use, by Study Instance UID: only the new study is fetched.
+    result = fetch_studies(_pacs(orthanc), _requests_by_uid([wanted[0], spare]), out, timeout=10.0)
     assert (result.fetched, result.skipped, result.not_found, result.failed) == (1, 1, 0, 0)
     assert result.instances == len(studies[spare]) and result.ok
+    assert len(list((out / "dicom" / spare).glob("*.dcm"))) == len(studies[spare])
 
 
 def test_unreachable_pacs_is_one_clear_error_per_study(

@@ -62,7 +62,7 @@ def write_contact_sheet(archive: Path, out: Path, *, tile: int = 256, columns: i
     n_rows = max(1, -(-len(picks) // columns))
     sheet = Image.new("L", (columns * tile, n_rows * (tile + caption)), color=40)
     draw = ImageDraw.Draw(sheet)
-    font = _font(13)
+    text_font = font(13)
     for i, (name, row) in enumerate(picks):
         x, y = (i % columns) * tile, (i // columns) * (tile + caption)
         try:
@@ -70,15 +70,15 @@ def write_contact_sheet(archive: Path, out: Path, *, tile: int = 256, columns: i
             thumb = _thumbnail(pixels, tile)
             sheet.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
         except DicomImageError as exc:
-            draw.text((x + 4, y + tile // 2), f"unreadable: {exc}"[:40], fill=255, font=font)
+            draw.text((x + 4, y + tile // 2), f"unreadable: {exc}"[:40], fill=255, font=text_font)
         label = f"{name}\n{row['body_part_tag'] or '(no tag)'} {row['transfer_syntax']}"
-        draw.text((x + 4, y + tile + 2), label, fill=230, font=font)
+        draw.text((x + 4, y + tile + 2), label, fill=230, font=text_font)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return len(picks)
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """DejaVu Sans, which matplotlib ships, draws every Latin accent (MUÑECA, CRÁNEO)."""
     from matplotlib import font_manager
 

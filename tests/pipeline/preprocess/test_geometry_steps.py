@@ -145,8 +145,11 @@ def test_render_pads_to_aspect_and_maps_points_back() -> None:
     rng = np.random.default_rng(1)
     pts = np.stack([rng.uniform(20, 320, 50), rng.uniform(20, 490, 50)], axis=1)
     src = to_source.apply(pts)
-    inside = (src[:, 0] > 2) & (src[:, 1] > 2) & (src[:, 0] < spec.width - 3) & (
-        src[:, 1] < spec.height - 3
+    inside = (
+        (src[:, 0] > 2)
+        & (src[:, 1] > 2)
+        & (src[:, 0] < spec.width - 3)
+        & (src[:, 1] < spec.height - 3)
     )
     sampled = view[np.rint(pts[inside, 1]).astype(int), np.rint(pts[inside, 0]).astype(int)]
     expected = image[np.rint(src[inside, 1]).astype(int), np.rint(src[inside, 0]).astype(int)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,9 +114,11 @@ def test_corner_marker_does_not_fool_the_decision() -> None:
 
 def test_anatomy_filling_the_image_falls_back_to_tails() -> None:
     rng = np.random.default_rng(3)
-    image = np.clip(rng.normal(0.45, 0.03, (300, 300)), 0, 1).astype(np.float32)
-    image[:, 120:150] = 0.9  # bone: a small bright tail in a normal image
-    image[:, 200:215] = 0.85
+    image = np.full((300, 300), 0.45, np.float32)
+    # Bone along two and a half edges: neither class owns the border ring, and bone is a
+    # small bright tail, as in a normal image.
+    image[:12], image[:, :12], image[-6:] = 0.9, 0.88, 0.86
+    image = np.clip(image + rng.normal(0.0, 0.03, image.shape), 0, 1).astype(np.float32)
     _, d = correct_inversion(image)
     assert d.rule == "tails-no-background" and not d.inverted
     _, d = correct_inversion((1.0 - image).astype(np.float32))
@@ -130,13 +131,9 @@ def test_flat_image_is_left_alone() -> None:
     assert out is flat and not d.inverted and d.rule == "flat-image"
 
 
-def test_full_size_decision_is_fast() -> None:
+def test_full_size_decision_does_not_copy() -> None:
+    """Speed is measured in bench/preprocess.py; here: a normal image is returned uncopied."""
     image = arm_image(np.random.default_rng(4), shape=(3000, 2500))
     framed = white_corners(image, 0.05)
-    correct_inversion(framed)
-    start = time.perf_counter()
-    for _ in range(5):
-        out, d = correct_inversion(framed)
-    elapsed = (time.perf_counter() - start) / 5
+    out, d = correct_inversion(framed)
     assert out is framed and not d.inverted
-    assert elapsed < 0.05  # generous for shared CI cores: about 4 ms measured

@@ -1,0 +1,134 @@
+"""Benchmark: the preprocessing steps per 2500x3000 image, and `prepare` throughput.
+
+Part 1 runs on one core: for full-size synthetic wrists (varied angle, inversion, frames, two
+parts), decode once, then time every step of `preprocess_radiograph` (decoding excluded) and
+print the median ms per step and in total (target: under 100 ms in total).
+Part 2 prepares a synthetic archive with 2 workers and prints images per second.
+
+    .venv/bin/python bench/preprocess.py [--images 12] [--studies 200]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from pydicom import uid
+from pydicom.dataset import Dataset, FileMetaDataset
+
+from pipeline.dicomio import read_radiograph
+from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
+from train.phantoms.anatomy import random_view_spec, render_view
+from train.phantoms.encoding import to_stored
+
+STEPS = ("wrist_filter", "inversion", "part_splitter", "rotation", "geometry")
+
+
+def _full_size_radiographs(count: int) -> list[object]:
+    images = []
+    for i in range(count):
+        rng = np.random.default_rng(100 + i)
+        spec = random_view_spec(rng, size="full")
+        layout = ("single", "single", "side_by_side", "joined")[i % 4]
+        spec = replace(
+            spec,
+            height=3000,
+            width=2500,
+            parts=1 if layout == "single" else 2,
+            layout=layout,
+            angle_deg=float(rng.uniform(-90, 90))
+            if layout == "single"
+            else float(rng.uniform(-20, 20)),
+            frame=(None, "white", None, "black")[i % 4],
+        )
+        rendered = render_view(spec, rng)
+        photometric = ("monochrome2", "inverted", "monochrome1")[i % 3]
+        pixels, attrs = to_stored(
+            rendered.image, photometric=photometric, bits_stored=14, voi="window", rng=rng
+        )
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+        ds.SOPClassUID = uid.DigitalXRayImageStorageForPresentation
+        ds.SOPInstanceUID = uid.generate_uid()
+        ds.BodyPartExamined = "WRIST"
+        ds.update(attrs)
+        ds.PixelData = pixels.tobytes()
+        images.append(read_radiograph(ds))
+    return images
+
+
+def bench_steps(count: int) -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    params = PreprocessParams()
+    radiographs = _full_size_radiographs(count)
+    preprocess_radiograph(radiographs[0], params)  # warm-up
+    per_step: dict[str, list[float]] = {step: [] for step in STEPS}
+    totals = []
+    views = 0
+    for radiograph in radiographs:
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        result = preprocess_radiograph(radiograph, params, timings=timings)  # type: ignore[arg-type]
+        totals.append((time.perf_counter() - start) * 1000)
+        views += len(result.views)
+        for step in STEPS:
+            per_step[step].append(timings.get(step, 0.0) * 1000)
+    print(
+        f"preprocessing of {count} synthetic 2500x3000 radiographs ({views} views), one core,"
+        " decoding excluded"
+    )
+    for step in STEPS:
+        print(f"  {step:<16}{statistics.median(per_step[step]):8.1f} ms median")
+    median = statistics.median(totals)
+    print(
+        f"  {'total':<16}{median:8.1f} ms median, {max(totals):.1f} ms max "
+        f"({'ok' if median < 100 else 'MISSED'} <100 ms)"
+    )
+
+
+def bench_prepare(studies: int) -> None:
+    from train.dataset.prepare import prepare
+    from train.phantoms.archive import generate_archive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        archive, dataset = Path(tmp) / "archive", Path(tmp) / "dataset"
+        generate_archive(archive, studies=studies, seed=77, size="small", workers=2)
+        start = time.perf_counter()
+        summary = prepare(archive, archive / "labels.csv", dataset, workers=2)
+        elapsed = time.perf_counter() - start
+        instances = sum(1 for _ in (archive / "dicom").rglob("*.dcm"))
+        print(
+            f"prepare: {studies} small studies, {instances} instances -> {summary.views} views "
+            f"in {elapsed:.1f} s on 2 workers: {instances / elapsed:.1f} images/s"
+        )
+        start = time.perf_counter()
+        again = prepare(archive, archive / "labels.csv", dataset, workers=2)
+        print(
+            f"prepare again (resume): {again.studies_prepared} studies redone in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--studies", type=int, default=200)
+    args = parser.parse_args()
+    bench_prepare(args.studies)  # before pinning this process to one core
+    bench_steps(args.images)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Dataset preparation: archive -> PNG views + CSV metadata, splits, pseudonyms, previews."""
