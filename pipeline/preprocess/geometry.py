@@ -63,13 +63,16 @@ def render(
     geometry: OutputGeometry,
     *,
     background: float = 0.0,
+    valid: tuple[int, int, int, int] | None = None,
     keep: np.ndarray | None = None,
     keep_to_source: Affine | None = None,
 ) -> np.ndarray:
     """Resample the source once onto the model input grid.
 
-    `keep` (a boolean mask on another grid, mapped to the source by `keep_to_source`) blanks
-    everything outside this part to `background`, so a neighbouring arm does not leak in.
+    Pixels that sample outside `valid` (the source box inside collimation bands) become
+    `background`, so a white shutter band does not enter the view. `keep` (a boolean mask on
+    another grid, mapped to the source by `keep_to_source`) blanks everything outside this part,
+    so a neighbouring arm does not leak in.
     """
     shape = (geometry.height, geometry.width)
     factor = max(1, int(to_source.scale))
@@ -100,6 +103,16 @@ def render(
         Affine.scaling(factor, factor)
     )
     out = warp(small, small_to_source.inverse().then(to_source), shape, order=1, cval=background)
+    if valid is not None:
+        vx0, vy0, vx1, vy1 = valid
+        grid = np.mgrid[0 : geometry.height, 0 : geometry.width].astype(np.float64)
+        points = np.stack([grid[1].ravel(), grid[0].ravel()], axis=1)
+        src = to_source.apply(points)
+        inside_valid = (
+            (src[:, 0] >= vx0 - 0.5) & (src[:, 0] <= vx1 - 0.5)
+            & (src[:, 1] >= vy0 - 0.5) & (src[:, 1] <= vy1 - 0.5)
+        ).reshape(shape)  # fmt: skip
+        out = np.where(inside_valid, out, np.float32(background))
     if keep is not None and keep_to_source is not None:
         grown = ndimage.binary_dilation(keep, iterations=2).astype(np.float32)
         inside = warp(grown, keep_to_source.inverse().then(to_source), shape, order=0) > 0.5

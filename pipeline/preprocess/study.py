@@ -122,6 +122,7 @@ def preprocess_radiograph(
                 transform,
                 params.output,
                 background=background,
+                valid=inversion.collimation.inner,
                 keep=part.mask if several else None,
                 keep_to_source=reduced.to_source if several else None,
             )

@@ -1,0 +1,54 @@
+"""Single-view model builders by architecture name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeAlias
+
+from pipeline.models.resnet import ResNet18Classifier, resnet18_classifier
+from pipeline.models.rx import (
+    RX_LARGE_PADDINGS,
+    RX_LITE_PADDINGS,
+    RxNet,
+    rx_large,
+    rx_large_bn,
+    rx_lite,
+    rx_min_input_side,
+)
+
+SingleViewModel: TypeAlias = ResNet18Classifier | RxNet
+"""Every single-view model: (N, C, H, W) -> (N,) logits, with `features`, `feature_dim`,
+`target_layer` (for Grad-CAM) and `arch`."""
+
+_BUILDERS: dict[str, Callable[..., SingleViewModel]] = {
+    "resnet18": resnet18_classifier,
+    "rx_lite": rx_lite,
+    "rx_large": rx_large,
+    "rx_large_bn": rx_large_bn,
+}
+
+ARCHITECTURES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def build_model(*, arch: str, in_channels: int = 1, dropout: float = 0.0) -> SingleViewModel:
+    """Build a freshly initialised single-view model (no pretrained weights exist here)."""
+    builder = _BUILDERS.get(arch)
+    if builder is None:
+        raise ValueError(f"unknown model arch {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    return builder(in_channels=in_channels, dropout=dropout)
+
+
+def min_input_side(arch: str) -> int:
+    """Smallest input height/width in pixels that the architecture accepts."""
+    if arch not in _BUILDERS:
+        raise ValueError(f"unknown model arch {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    if arch == "rx_lite":
+        return rx_min_input_side(RX_LITE_PADDINGS)
+    if arch in ("rx_large", "rx_large_bn"):
+        return rx_min_input_side(RX_LARGE_PADDINGS)
+    # ResNet18 pads every strided layer and pools adaptively, so any side works.
+    return 1

@@ -1,0 +1,1 @@
+"""Evaluation: ROC/AUC with bootstrap intervals, study-level aggregation, calibration."""

@@ -1,0 +1,306 @@
+"""Binary classification metrics in plain numpy: ROC, AUC, bootstrap intervals, operating points.
+
+Convention everywhere: a sample is predicted positive when ``score >= threshold``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+HIGH_SENSITIVITY = "high_sensitivity"
+HIGH_SPECIFICITY = "high_specificity"
+OPERATING_POINT_NAMES = (HIGH_SENSITIVITY, HIGH_SPECIFICITY)
+DEFAULT_THRESHOLD = 0.5
+
+# Bootstrap weights are built in batches of about this many cells to bound memory.
+_BOOTSTRAP_BATCH_CELLS = 2_000_000
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.intp]
+
+
+def _as_labels(labels: npt.ArrayLike) -> BoolArray:
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {array.shape}")
+    if array.size and not np.isin(array, (0, 1)).all():
+        raise ValueError("labels must be binary (0/1 or False/True)")
+    return array.astype(bool)
+
+
+def _as_scores(scores: npt.ArrayLike, n: int, what: str = "scores") -> FloatArray:
+    array = np.asarray(scores, dtype=np.float64)
+    if array.shape != (n,):
+        raise ValueError(f"{what} must have shape ({n},) like labels, got {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} must be finite")
+    return array
+
+
+def _validated(labels: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[BoolArray, FloatArray]:
+    """Labels and scores as arrays; both classes must be present."""
+    y = _as_labels(labels)
+    s = _as_scores(scores, y.size)
+    positives = int(y.sum())
+    if positives == 0 or positives == y.size:
+        raise ValueError(
+            f"both classes are needed, got {positives} positives among {y.size} samples"
+        )
+    return y, s
+
+
+def _roc_counts(y: BoolArray, s: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
+    """False and true positive counts at +inf and then at every distinct score, descending."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted = s[order]
+    # Last index of every run of equal scores: the curve only has a point after a whole tie.
+    ends = np.append(np.flatnonzero(np.diff(s_sorted) != 0), s_sorted.size - 1)
+    tp = np.concatenate(([0], np.cumsum(y[order])[ends]))
+    fp = np.concatenate(([0], ends + 1)) - tp
+    thresholds = np.concatenate(([np.inf], s_sorted[ends]))
+    return fp, tp, thresholds
+
+
+def roc_curve(
+    labels: npt.ArrayLike, scores: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """ROC curve: (fpr, tpr, thresholds), thresholds descending.
+
+    The first point is (0, 0) at threshold +inf; then one point per distinct score, so tied
+    scores move the curve diagonally instead of in an order-dependent staircase.
+    """
+    y, s = _validated(labels, scores)
+    fp, tp, thresholds = _roc_counts(y, s)
+    return fp / fp[-1], tp / tp[-1], thresholds
+
+
+def _weighted_auc(
+    weights: FloatArray, positive: BoolArray, value_index: IntArray, n_values: int
+) -> FloatArray:
+    """Mann-Whitney AUC for each row of sample weights (ties count 1/2); NaN for one-class rows.
+
+    ``value_index`` maps every sample to the rank of its score among the distinct scores.
+    """
+    rows = weights.shape[0]
+    cells = (np.arange(rows)[:, None] * n_values + value_index[None, :]).ravel()
+    size = rows * n_values
+    pos = np.bincount(cells, (weights * positive).ravel(), minlength=size).reshape(rows, n_values)
+    neg = np.bincount(cells, (weights * ~positive).ravel(), minlength=size).reshape(rows, n_values)
+    negatives_below = np.cumsum(neg, axis=1) - neg
+    wins = (pos * (negatives_below + 0.5 * neg)).sum(axis=1)
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc: FloatArray = np.where(pairs > 0, wins / pairs, np.nan)
+    return auc
+
+
+def roc_auc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
+    """AUC as P(positive scores higher) + P(tie) / 2 (Mann-Whitney); ValueError if one class."""
+    y, s = _validated(labels, scores)
+    values, value_index = np.unique(s, return_inverse=True)
+    ones = np.ones((1, y.size))
+    return float(_weighted_auc(ones, y, value_index.ravel(), values.size)[0])
+
+
+def bootstrap_auc_ci(
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    groups: npt.ArrayLike | None = None,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUC.
+
+    With ``groups`` (e.g. study ids of views) whole groups are resampled, because samples of
+    one group are correlated and resampling them one by one understates the uncertainty.
+    Resamples holding a single class are skipped.
+    """
+    y, s = _validated(labels, scores)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if groups is None:
+        unit_of_sample = np.arange(y.size)
+        n_units = y.size
+    else:
+        group_array = np.asarray(groups)
+        if group_array.shape != y.shape:
+            raise ValueError(
+                f"groups must have shape {y.shape} like labels, got {group_array.shape}"
+            )
+        units, inverse = np.unique(group_array, return_inverse=True)
+        unit_of_sample = inverse.ravel()
+        n_units = units.size
+    values, value_index = np.unique(s, return_inverse=True)
+    value_index = value_index.ravel()
+
+    rng = np.random.default_rng(seed)
+    batch = max(1, min(n_boot, _BOOTSTRAP_BATCH_CELLS // max(y.size, n_units)))
+    aucs: list[FloatArray] = []
+    done = 0
+    while done < n_boot:
+        rows = min(batch, n_boot - done)
+        draws = rng.integers(0, n_units, size=(rows, n_units))
+        offsets = np.arange(rows)[:, None] * n_units
+        counts = np.bincount((draws + offsets).ravel(), minlength=rows * n_units)
+        weights = counts.reshape(rows, n_units)[:, unit_of_sample].astype(np.float64)
+        aucs.append(_weighted_auc(weights, y, value_index, values.size))
+        done += rows
+    all_aucs = np.concatenate(aucs)
+    all_aucs = all_aucs[~np.isnan(all_aucs)]
+    if all_aucs.size == 0:
+        raise ValueError("every bootstrap resample held a single class")
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(all_aucs, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A named decision threshold and what it achieves on some data."""
+
+    name: str
+    threshold: float
+    sensitivity: float
+    specificity: float
+
+    def to_json(self) -> dict[str, float]:
+        """``{"threshold", "sensitivity", "specificity"}`` (the name is the key outside)."""
+        return {
+            "threshold": self.threshold,
+            "sensitivity": self.sensitivity,
+            "specificity": self.specificity,
+        }
+
+
+def _check_target(target: float) -> None:
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target must be in (0, 1], got {target}")
+
+
+def threshold_for_sensitivity(labels: npt.ArrayLike, scores: npt.ArrayLike, target: float) -> float:
+    """The highest threshold whose sensitivity is at least ``target`` (a positive's score)."""
+    _check_target(target)
+    y, s = _validated(labels, scores)
+    _, tp, thresholds = _roc_counts(y, s)
+    # Sensitivity only grows as the threshold falls, so the first hit is the highest threshold.
+    first = int(np.argmax(tp / tp[-1] >= target))
+    return float(thresholds[first])
+
+
+def threshold_for_specificity(labels: npt.ArrayLike, scores: npt.ArrayLike, target: float) -> float:
+    """The lowest threshold, among the observed scores, whose specificity is at least ``target``.
+
+    Every threshold in (previous score, this score] classifies the data alike; the observed score
+    is returned. When only "everything negative" reaches the target, the result is the smallest
+    float above the highest score (not +inf, so that it stays JSON-serialisable).
+    """
+    _check_target(target)
+    y, s = _validated(labels, scores)
+    fp, _, thresholds = _roc_counts(y, s)
+    # Specificity only falls as the threshold falls: take the last threshold that reaches it.
+    last = int(np.flatnonzero((fp[-1] - fp) / fp[-1] >= target)[-1])
+    if last == 0:
+        return float(np.nextafter(s.max(), np.inf))
+    return float(thresholds[last])
+
+
+def operating_point(
+    labels: npt.ArrayLike, scores: npt.ArrayLike, threshold: float, name: str
+) -> OperatingPoint:
+    """Sensitivity and specificity of ``scores >= threshold``."""
+    y, s = _validated(labels, scores)
+    predicted = s >= threshold
+    return OperatingPoint(
+        name=name,
+        threshold=float(threshold),
+        sensitivity=float(predicted[y].mean()),
+        specificity=float((~predicted[~y]).mean()),
+    )
+
+
+def confusion(labels: npt.ArrayLike, predictions: npt.ArrayLike) -> list[list[int]]:
+    """Confusion matrix ``[[tn, fp], [fn, tp]]`` (rows: truth, columns: prediction)."""
+    y = _as_labels(labels)
+    p = np.asarray(predictions)
+    if p.shape != y.shape:
+        raise ValueError(f"predictions must have shape {y.shape} like labels, got {p.shape}")
+    p = _as_labels(p)
+    return [
+        [int(np.count_nonzero(~y & ~p)), int(np.count_nonzero(~y & p))],
+        [int(np.count_nonzero(y & ~p)), int(np.count_nonzero(y & p))],
+    ]
+
+
+@dataclass(frozen=True)
+class LevelReport:
+    """Metrics of one level (instance or study) of one aggregation."""
+
+    n: int
+    positives: int
+    auc: float
+    auc_ci95: tuple[float, float]
+    accuracy: float
+    balanced_accuracy: float
+    confusion: list[list[int]]
+    operating_points: dict[str, OperatingPoint]
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types, with exactly the documented keys."""
+        return {
+            "n": self.n,
+            "positives": self.positives,
+            "auc": self.auc,
+            "auc_ci95": [self.auc_ci95[0], self.auc_ci95[1]],
+            "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "confusion": [list(row) for row in self.confusion],
+            "operating_points": {
+                name: point.to_json() for name, point in self.operating_points.items()
+            },
+        }
+
+
+def level_report(
+    labels: npt.ArrayLike,
+    scores: npt.ArrayLike,
+    *,
+    thresholds: dict[str, float],
+    groups: npt.ArrayLike | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> LevelReport:
+    """Report of one level; accuracy and confusion at 0.5.
+
+    ``thresholds`` maps "high_sensitivity" and "high_specificity" to thresholds fixed beforehand
+    on validation data: choosing them on the data being reported would flatter the result.
+    """
+    if set(thresholds) != set(OPERATING_POINT_NAMES):
+        raise ValueError(
+            f"thresholds must have exactly the keys {list(OPERATING_POINT_NAMES)}, "
+            f"got {sorted(thresholds)}"
+        )
+    y, s = _validated(labels, scores)
+    predicted = s >= DEFAULT_THRESHOLD
+    sensitivity = float(predicted[y].mean())
+    specificity = float((~predicted[~y]).mean())
+    return LevelReport(
+        n=int(y.size),
+        positives=int(y.sum()),
+        auc=roc_auc(y, s),
+        auc_ci95=bootstrap_auc_ci(y, s, n_boot=n_boot, seed=seed, groups=groups),
+        accuracy=float((predicted == y).mean()),
+        balanced_accuracy=(sensitivity + specificity) / 2.0,
+        confusion=confusion(y, predicted),
+        operating_points={
+            name: operating_point(y, s, thresholds[name], name) for name in OPERATING_POINT_NAMES
+        },
+    )
