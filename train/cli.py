@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from train.fetch import add_fetch_command
+from train.training_cli import add_training_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     preview.set_defaults(run=_preview)
 
     add_fetch_command(commands)
+    add_training_commands(commands)
 
     args = parser.parse_args(argv)
     result: int = args.run(args)

@@ -1,0 +1,186 @@
+"""Model bundles and study predictions: what the node runs.
+
+A bundle is a folder: `weights.pt` (state dicts), `model.json` (everything needed to reproduce
+training-time behaviour: architecture, input size, normalisation, preprocessing parameters,
+aggregation, temperatures, operating points, name and version) and `MODEL_CARD.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.aggregation import aggregate
+from pipeline.dicomio import Radiograph
+from pipeline.gradcam import grad_cam
+from pipeline.models import build_aggregator, build_model
+from pipeline.preprocess.params_io import params_from_dict
+from pipeline.preprocess.study import (
+    PreprocessedInstance,
+    PreprocessParams,
+    View,
+    preprocess_radiograph,
+)
+
+BUNDLE_FORMAT = 1
+LEVELS = ("negative", "possible", "likely")
+
+
+class BundleError(ValueError):
+    """A model bundle that cannot be loaded; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """The contents of `model.json`."""
+
+    name: str
+    version: str
+    arch: str
+    input_height: int
+    input_width: int
+    mean: float
+    std: float
+    aggregation: str
+    """'alo', 'majority', 'mean', 'max' or 'learned' (the aggregator in the bundle)."""
+    view_temperature: float
+    study_temperature: float
+    thresholds: dict[str, float]
+    """Calibrated study probability for 'possible' (high sensitivity) and 'likely' (high
+    specificity), fixed on validation data."""
+    preprocess: dict[str, Any]
+    trunk_arch: str = ""
+    created: str = ""
+    git_commit: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format: int = BUNDLE_FORMAT
+
+
+@dataclass(frozen=True)
+class ViewPrediction:
+    """The model's output for one view."""
+
+    view: View
+    logit: float
+    probability: float
+    """Calibrated (temperature-scaled) probability of a visible fracture."""
+    heatmap: np.ndarray | None
+    """Grad-CAM in model-input coordinates, float32 (height, width) in [0, 1]."""
+
+
+@dataclass(frozen=True)
+class StudyPrediction:
+    """The study-level result the node reports."""
+
+    probability: float
+    """Calibrated study probability of a fracture."""
+    level: str
+    """'likely', 'possible' or 'negative'."""
+    views: tuple[ViewPrediction, ...]
+    instances: tuple[PreprocessedInstance, ...]
+    in_scope: bool
+    reason: str
+    """Why out of scope (no wrist view), or a one-line summary."""
+
+
+class ModelBundle:
+    """A loaded bundle: models in eval mode on the CPU (or `device`)."""
+
+    def __init__(self, path: Path, info: BundleInfo, model: nn.Module,
+                 aggregator: nn.Module | None, device: torch.device) -> None:  # fmt: skip
+        self.path, self.info, self.model, self.aggregator = path, info, model, aggregator
+        self.device = device
+        self.preprocess_params: PreprocessParams = params_from_dict(info.preprocess)
+
+    @classmethod
+    def load(cls, path: Path | str, *, device: str = "cpu") -> ModelBundle:
+        """Load a bundle folder; raises BundleError with a clear message when it is unusable."""
+        folder = Path(path)
+        try:
+            raw = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+            info = BundleInfo(**raw)
+        except FileNotFoundError as exc:
+            raise BundleError(f"{folder}: not a model bundle (no model.json)") from exc
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise BundleError(f"{folder / 'model.json'}: invalid ({exc})") from exc
+        if info.format != BUNDLE_FORMAT:
+            raise BundleError(f"{folder}: bundle format {info.format}, expected {BUNDLE_FORMAT}")
+        try:
+            weights = torch.load(folder / "weights.pt", map_location=device, weights_only=True)
+        except FileNotFoundError as exc:
+            raise BundleError(f"{folder}: weights.pt is missing") from exc
+        model = build_model(arch=info.arch)
+        model.load_state_dict(weights["model"])
+        aggregator = None
+        if "aggregator" in weights:
+            aggregator = build_aggregator(trunk_arch=info.trunk_arch or info.arch)
+            aggregator.load_state_dict(weights["aggregator"])
+            aggregator.to(device).eval()
+        if info.aggregation == "learned" and aggregator is None:
+            raise BundleError(f"{folder}: aggregation 'learned' but no aggregator weights")
+        return cls(folder, info, model.to(device).eval(), aggregator, torch.device(device))
+
+    def predict(self, radiographs: Sequence[Radiograph], *, heatmaps: bool = True
+                ) -> StudyPrediction:  # fmt: skip
+        """Preprocess, classify and aggregate one study."""
+        instances = tuple(preprocess_radiograph(r, self.preprocess_params) for r in radiographs)
+        views = [v for instance in instances for v in instance.views]
+        if not views:
+            reasons = "; ".join(sorted({i.wrist.reason for i in instances})) or "no images"
+            return StudyPrediction(0.0, "negative", (), instances, False,
+                                   f"no wrist view to analyse: {reasons}")  # fmt: skip
+        predictions = tuple(self._predict_view(v, heatmaps) for v in views)
+        study_logit = self._study_logit(views, predictions)
+        probability = _sigmoid(study_logit / self.info.study_temperature)
+        level = self.level(probability)
+        summary = f"{len(views)} view(s) analysed, study probability {probability:.3f} ({level})"
+        return StudyPrediction(probability, level, predictions, instances, True, summary)
+
+    def level(self, probability: float) -> str:
+        """'likely' at the high-specificity point, 'possible' at the high-sensitivity one."""
+        if probability >= self.info.thresholds["likely"]:
+            return "likely"
+        if probability >= self.info.thresholds["possible"]:
+            return "possible"
+        return "negative"
+
+    def tensor(self, view: View) -> torch.Tensor:
+        """A view as the normalised (1, 1, H, W) model input."""
+        x = torch.from_numpy(np.ascontiguousarray(view.pixels, dtype=np.float32))[None, None]
+        return ((x - self.info.mean) / self.info.std).to(self.device)
+
+    def _predict_view(self, view: View, heatmap: bool) -> ViewPrediction:
+        x = self.tensor(view)
+        if heatmap:
+            logit, cam = grad_cam(self.model, x)
+        else:
+            with torch.no_grad():
+                logit, cam = float(self.model(x)[0]), None
+        probability = _sigmoid(logit / self.info.view_temperature)
+        return ViewPrediction(view, float(logit), probability, cam)
+
+    def _study_logit(self, views: list[View], predictions: tuple[ViewPrediction, ...]) -> float:
+        if self.info.aggregation == "learned" and self.aggregator is not None:
+            stacked = torch.cat([self.tensor(v) for v in views])[None]
+            mask = torch.ones((1, len(views)), dtype=torch.bool, device=self.device)
+            with torch.no_grad():
+                return float(self.aggregator(stacked, mask)[0])
+        from_views = [_sigmoid(p.logit) for p in predictions]
+        return _logit(aggregate(from_views, self.info.aggregation))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))

@@ -1,0 +1,403 @@
+"""`fit`: train a model on a prepared dataset into a run folder (thesis Section 6.2.2.3: Adam).
+
+A run folder holds `config.json` (arguments, git commit, dataset hash, normalisation),
+`metrics.jsonl` (one line per epoch), `checkpoints/epoch_NNN.pt`, `last.pt`, `best.pt` (best
+validation study AUC), `curves.png` (loss, accuracy and AUC per epoch, as thesis Figure 6.8) and
+`roc.png`. Runs resume from `last.pt`. Under `torchrun` it trains with DistributedDataParallel
+(NCCL on GPUs, gloo on CPUs); only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from pipeline.aggregation import aggregate_studies
+from pipeline.models import build_aggregator, build_model
+from train.data.augment import AugmentParams, evaluation_transform, training_transform
+from train.data.datasets import (
+    StudyDataset,
+    ViewDataset,
+    collate_studies,
+    normalisation,
+    read_views,
+)
+from train.data.sampler import BalancedSampler
+from train.evaluation.metrics import roc_auc, roc_curve
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that defines a training run (saved as config.json)."""
+
+    dataset: str
+    arch: str
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    workers: int = 2
+    aggregation: str = "max"
+    """How validation view scores become study scores for model selection."""
+    init_from: str = ""
+    """For arch 'aggregator': a single-view run or checkpoint whose trunk is transferred."""
+    trunk_arch: str = "resnet18"
+    freeze_trunk: bool = False
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    max_steps: int = 0
+    """Stop an epoch after this many steps (0: no limit); for smoke tests and benchmarks."""
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train; returns the best epoch's metrics. Resumes from `run/last.pt` when asked."""
+    ddp = _init_distributed()
+    device = _device(ddp)
+    _seed_everything(config.seed + ddp.rank)
+    dataset = Path(config.dataset)
+    mean, std = normalisation(dataset)
+    augment = AugmentParams(**{**asdict(config.augment), "mean": mean, "std": std})
+    config = FitConfig(**{**asdict(config), "augment": augment})
+    model = _build(config).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimiser = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=config.lr,
+        weight_decay=config.weight_decay,
+    )  # fmt: skip
+    start_epoch, best = 0, {"val_auc_study": -1.0}
+    if resume and (run / "last.pt").exists():
+        state = torch.load(run / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+    if ddp.main:
+        run.mkdir(parents=True, exist_ok=True)
+        _write_config(run, config, dataset)
+    wrapped: nn.Module = model
+    if ddp.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    study_mode = config.arch == "aggregator"
+    train_rows = read_views(dataset, ("train",))
+    val_rows = read_views(dataset, ("val",))
+    train_set: Dataset[Any]
+    if study_mode:
+        train_set = StudyDataset(train_rows, training_transform(augment))
+        labels = train_set.labels
+    else:
+        train_set = ViewDataset(train_rows, training_transform(augment))
+        labels = train_set.labels
+    sampler = BalancedSampler(labels, seed=config.seed, rank=ddp.rank, world_size=ddp.world)
+    loader = DataLoader(
+        train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+        collate_fn=collate_studies if study_mode else None, pin_memory=device.type == "cuda",
+        persistent_workers=config.workers > 0, drop_last=False,
+    )  # fmt: skip
+    loss_fn = nn.BCEWithLogitsLoss()
+    for epoch in range(start_epoch, config.epochs):
+        sampler.set_epoch(epoch)
+        wrapped.train()
+        started = time.perf_counter()
+        total_loss, correct, seen = 0.0, 0, 0
+        steps = len(loader) if not config.max_steps else min(len(loader), config.max_steps)
+        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}",
+                   unit="batch", disable=not ddp.main, leave=False)  # fmt: skip
+        for step, batch in enumerate(bar):
+            if config.max_steps and step >= config.max_steps:
+                break
+            inputs, target = _to_device(batch, device, study_mode)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = wrapped(*inputs)
+                loss = loss_fn(logits.float(), target)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()  # bfloat16 autocast needs no loss scaling
+            optimiser.step()
+            total_loss += float(loss.detach()) * len(target)
+            correct += int(((logits.detach() > 0).float() == target).sum())
+            seen += len(target)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        elapsed = time.perf_counter() - started
+        samples = seen * ddp.world  # views, or studies for the aggregator
+        if ddp.world > 1:
+            dist.barrier()
+        if ddp.main:
+            metrics = {
+                "epoch": epoch + 1,
+                "train_loss": total_loss / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "seconds": elapsed,
+                "samples_per_second": samples / max(elapsed, 1e-9),
+                **_validate(model, val_rows, config, device),
+            }
+            improved = metrics["val_auc_study"] > best["val_auc_study"]
+            if improved:
+                best = metrics
+            _checkpoint(run, model, optimiser, epoch, best, config, improved)
+            with (run / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+            _plot(run)
+            tqdm.write(
+                f"epoch {epoch + 1}: loss {metrics['train_loss']:.4f}, val study AUC "
+                f"{metrics['val_auc_study']:.4f}, {metrics['samples_per_second']:.1f} samples/s"
+            )
+        if ddp.world > 1:
+            dist.barrier()
+    if ddp.world > 1:
+        dist.destroy_process_group()
+    return best
+
+
+def _build(config: FitConfig) -> nn.Module:
+    if config.arch != "aggregator":
+        return build_model(arch=config.arch)
+    trunk = None
+    if config.init_from:
+        trunk = build_model(arch=config.trunk_arch)
+        trunk.load_state_dict(load_weights(Path(config.init_from)))
+    return build_aggregator(trunk_arch=config.trunk_arch, trunk=trunk,
+                            freeze_trunk=config.freeze_trunk)  # fmt: skip
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a run folder (its best.pt), a checkpoint or a weights file."""
+    if path.is_dir():
+        path = path / "best.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    weights: dict[str, torch.Tensor] = state.get("model", state)
+    return weights
+
+
+@torch.no_grad()
+def predict_views(
+    model: nn.Module,
+    rows: list[Any],
+    augment: AugmentParams,
+    device: torch.device,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Logits of a single-view model for `rows` (ViewRow), in order, no augmentation."""
+    dataset = ViewDataset(rows, evaluation_transform(augment))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0)
+    model.eval()
+    out = [model(x.to(device)).float().cpu() for x, _ in loader]
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+@torch.no_grad()
+def predict_studies(
+    model: nn.Module,
+    rows: list[Any],
+    augment: AugmentParams,
+    device: torch.device,
+    batch_size: int = 8,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(study ids, labels, logits) of the study-level aggregator."""
+    dataset = StudyDataset(rows, evaluation_transform(augment))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=0, collate_fn=collate_studies)
+    model.eval()
+    logits = [model(v.to(device), m.to(device)).float().cpu() for v, m, _ in loader]
+    ids = [study for study, _ in dataset.studies]
+    labels = np.array(dataset.labels)
+    return ids, labels, torch.cat(logits).numpy() if logits else np.zeros(0)
+
+
+def _validate(
+    model: nn.Module, rows: list[Any], config: FitConfig, device: torch.device
+) -> dict[str, Any]:
+    if not rows:
+        return {"val_loss": float("nan"), "val_accuracy": float("nan"),
+                "val_auc_instance": float("nan"), "val_auc_study": float("nan")}  # fmt: skip
+    if config.arch == "aggregator":
+        _, labels, logits = predict_studies(model, rows, config.augment, device)
+        study_labels, study_scores = labels, 1 / (1 + np.exp(-logits))
+        instance_auc = float("nan")
+        view_labels, view_logits = labels, logits
+    else:
+        view_logits = predict_views(model, rows, config.augment, device)
+        view_labels = np.array([r.label for r in rows])
+        probabilities = 1 / (1 + np.exp(-view_logits))
+        instance_auc = _safe_auc(view_labels, probabilities)
+        ids, study_scores = aggregate_studies(
+            [r.study for r in rows], probabilities, config.aggregation
+        )
+        first = {r.study: r.label for r in rows}
+        study_labels = np.array([first[i] for i in ids])
+    loss = float(
+        nn.functional.binary_cross_entropy_with_logits(
+            torch.as_tensor(view_logits), torch.as_tensor(view_labels, dtype=torch.float32)
+        )
+    )
+    return {
+        "val_loss": loss,
+        "val_accuracy": float(((view_logits > 0) == (view_labels == 1)).mean()),
+        "val_auc_instance": instance_auc,
+        "val_auc_study": _safe_auc(study_labels, study_scores),
+        "val_roc": [arr.tolist() for arr in roc_curve(study_labels, study_scores)[:2]]
+        if len(set(study_labels.tolist())) == 2
+        else [[], []],
+    }
+
+
+def _safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    return roc_auc(labels, scores) if len(set(np.asarray(labels).tolist())) == 2 else float("nan")
+
+
+def _to_device(
+    batch: Any, device: torch.device, study_mode: bool
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    if study_mode:
+        views, mask, target = batch
+        return (views.to(device, non_blocking=True), mask.to(device)), target.to(device)
+    images, target = batch
+    images = images.to(device, non_blocking=True)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return (images,), target.to(device)
+
+
+def _checkpoint(
+    run: Path,
+    model: nn.Module,
+    optimiser: torch.optim.Optimizer,
+    epoch: int,
+    best: dict[str, Any],
+    config: FitConfig,
+    improved: bool,
+) -> None:
+    state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
+             "best": best, "config": asdict(config)}  # fmt: skip
+    folder = run / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    _atomic_save(state, folder / f"epoch_{epoch + 1:03d}.pt")
+    _atomic_save(state, run / "last.pt")
+    if improved:
+        _atomic_save(state, run / "best.pt")
+
+
+def _atomic_save(state: dict[str, Any], path: Path) -> None:
+    temp = path.with_suffix(".tmp")
+    torch.save(state, temp)
+    os.replace(temp, path)
+
+
+def _write_config(run: Path, config: FitConfig, dataset: Path) -> None:
+    record = {
+        **asdict(config),
+        "git_commit": _git_commit(),
+        "dataset_hash": dataset_hash(dataset),
+        "torch": torch.__version__,
+    }
+    (run / "config.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def dataset_hash(dataset: Path) -> str:
+    """SHA-256 of the dataset's metadata.csv: it names every view, label and split."""
+    return hashlib.sha256((dataset / "metadata.csv").read_bytes()).hexdigest()
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=10,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    return result.stdout.strip() or "unknown"
+
+
+def _plot(run: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (title, keys) in zip(
+        axes,
+        (
+            ("loss", ("train_loss", "val_loss")),
+            ("accuracy", ("train_accuracy", "val_accuracy")),
+            ("AUC", ("val_auc_instance", "val_auc_study")),
+        ),
+        strict=True,
+    ):
+        for key in keys:
+            ax.plot(epochs, [r[key] for r in rows], marker="o", label=key)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(run / "curves.png", dpi=90)
+    plt.close(fig)
+    best = max(
+        rows, key=lambda r: r["val_auc_study"] if r["val_auc_study"] == r["val_auc_study"] else -1
+    )
+    fpr, tpr = best.get("val_roc", [[], []])
+    if fpr:
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        ax.plot(fpr, tpr, label=f"epoch {best['epoch']}: AUC {best['val_auc_study']:.3f}")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey")
+        ax.set_xlabel("1 - specificity")
+        ax.set_ylabel("sensitivity")
+        ax.set_title("validation ROC (study level)")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        fig.savefig(run / "roc.png", dpi=90)
+        plt.close(fig)
+
+
+def _init_distributed() -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    return _Dist(rank=dist.get_rank(), world=world,
+                 local_rank=int(os.environ.get("LOCAL_RANK", "0")))  # fmt: skip
+
+
+def _device(ddp: _Dist) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(ddp.local_rank)
+        return torch.device("cuda", ddp.local_rank)
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,117 @@
+"""The `fit`, `evaluate` and `export` subcommands of `dicomnode-train`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ARCHS = ("resnet18", "rx_lite", "rx_large", "rx_large_bn", "aggregator")
+
+
+def add_training_commands(commands: Any) -> None:
+    """Register fit, evaluate and export on the `dicomnode-train` parser."""
+    fit = commands.add_parser("fit", help="train a model on a prepared dataset")
+    fit.add_argument("dataset", type=Path)
+    fit.add_argument("--arch", choices=ARCHS, required=True)
+    fit.add_argument("--out", type=Path, required=True, help="run folder")
+    fit.add_argument("--epochs", type=int, default=10)
+    fit.add_argument("--batch-size", type=int, default=32)
+    fit.add_argument("--lr", type=float, default=1e-3)
+    fit.add_argument("--weight-decay", type=float, default=0.0)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--workers", type=int, default=2, help="DataLoader workers (2)")
+    fit.add_argument(
+        "--aggregation", default="max", help="study aggregation used to select the best epoch (max)"
+    )
+    fit.add_argument(
+        "--invert-augmentation",
+        action="store_true",
+        help="random colour inversion p=0.5 (thesis Table 6.5 experiment)",
+    )
+    fit.add_argument("--init-from", type=Path, help="aggregator: single-view run to transfer")
+    fit.add_argument("--trunk-arch", default="resnet18", help="aggregator: the trunk's arch")
+    fit.add_argument("--freeze-trunk", action="store_true")
+    fit.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: none)")
+    fit.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    fit.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    fit.set_defaults(run=_fit)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a run or bundle on a dataset")
+    evaluate.add_argument("model", type=Path, metavar="RUN_OR_BUNDLE")
+    evaluate.add_argument("dataset", type=Path)
+    evaluate.add_argument("--split", choices=("test", "val", "all"), default="test")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--bootstrap", type=int, default=2000)
+    evaluate.set_defaults(run=_evaluate)
+
+    export = commands.add_parser("export", help="a run -> a model bundle for the node")
+    export.add_argument("run_dir", type=Path, metavar="RUN")
+    export.add_argument("--out", type=Path, required=True, help="bundle folder")
+    export.add_argument("--aggregator-run", type=Path, help="a trained aggregator run to include")
+    export.add_argument("--name", default="wrist-fracture")
+    export.add_argument("--version", default="0.1.0")
+    export.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="mark the model card: trained on synthetic data, not for clinical use",
+    )
+    export.set_defaults(run=_export)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import torch
+
+    from train.data.augment import AugmentParams
+    from train.fit import FitConfig, fit
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = FitConfig(
+        dataset=str(args.dataset), arch=args.arch, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
+        workers=args.workers, aggregation=args.aggregation,
+        init_from=str(args.init_from or ""), trunk_arch=args.trunk_arch,
+        freeze_trunk=args.freeze_trunk, max_steps=args.max_steps,
+        augment=AugmentParams(invert=args.invert_augmentation),
+    )  # fmt: skip
+    best = fit(config, args.out, resume=args.resume)
+    if best.get("epoch"):
+        print(f"best epoch {best['epoch']}: validation study AUC {best['val_auc_study']:.4f}; "
+              f"run folder {args.out}")  # fmt: skip
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from train.evaluate import evaluate, format_table
+
+    report = evaluate(args.model, args.dataset, split=args.split, n_boot=args.bootstrap)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(format_table(report))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from train.export import export
+
+    try:
+        info = export(
+            args.run_dir,
+            args.out,
+            name=args.name,
+            version=args.version,
+            aggregator_run=args.aggregator_run,
+            synthetic=args.synthetic,
+        )
+    except ValueError as exc:
+        print(f"dicomnode-train export: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"exported {info.name} {info.version} ({info.arch}, aggregation {info.aggregation}) "
+        f"to {args.out}"
+    )
+    return 0
