@@ -9,7 +9,7 @@ the model card.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from pipeline.inference import BundleInfo, ModelBundle
-from pipeline.preprocess.params_io import params_to_dict
+from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
 from train.data.datasets import read_views
 from train.evaluate import calibrate, evaluate, load_model, split_scores
@@ -69,7 +69,7 @@ def export(
             "possible": study_cal.thresholds[HIGH_SENSITIVITY],
             "likely": study_cal.thresholds[HIGH_SPECIFICITY],
         },
-        preprocess=params_to_dict(PreprocessParams()),
+        preprocess=_preprocess_params(dataset, augment),
         trunk_arch=config["arch"],
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=config.get("git_commit", "unknown"),
@@ -82,6 +82,17 @@ def export(
     _write_info(out, info)
     (out / "MODEL_CARD.md").write_text(model_card(info, config, synthetic), encoding="utf-8")
     return info
+
+
+def _preprocess_params(dataset: Path, augment: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's preprocessing, with the output geometry the model was trained at."""
+    recorded = dataset / "preprocess.json"
+    params = (params_from_dict(json.loads(recorded.read_text(encoding="utf-8")))
+              if recorded.exists() else PreprocessParams())  # fmt: skip
+    if (params.output.width, params.output.height) != (augment["width"], augment["height"]):
+        params = replace(params, output=replace(params.output, width=augment["width"],
+                                                height=augment["height"]))  # fmt: skip
+    return params_to_dict(params)
 
 
 def _write_info(out: Path, info: BundleInfo) -> None:

@@ -145,8 +145,7 @@ def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]
             bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         elapsed = time.perf_counter() - started
         samples = seen * ddp.world  # views, or studies for the aggregator
-        if ddp.world > 1:
-            dist.barrier()
+        agree = _ranks_agree(model) if ddp.world > 1 else None
         if ddp.main:
             metrics = {
                 "epoch": epoch + 1,
@@ -154,6 +153,8 @@ def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]
                 "train_accuracy": correct / max(seen, 1),
                 "seconds": elapsed,
                 "samples_per_second": samples / max(elapsed, 1e-9),
+                "ranks": ddp.world,
+                "ranks_agree": agree,
                 **_validate(model, val_rows, config, device),
             }
             improved = metrics["val_auc_study"] > best["val_auc_study"]
@@ -263,6 +264,14 @@ def _validate(
         if len(set(study_labels.tolist())) == 2
         else [[], []],
     }
+
+
+def _ranks_agree(model: nn.Module) -> bool:
+    """DDP keeps replicas identical; check it (a cheap fingerprint of every parameter)."""
+    fingerprint = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    gathered = [torch.zeros_like(fingerprint) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, fingerprint)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])
 
 
 def _safe_auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ARCHS = ("resnet18", "rx_lite", "rx_large", "rx_large_bn", "aggregator")
+ARCHS = ("resnet18", "rx_lite", "rx_lite_bn", "rx_large", "rx_large_bn", "aggregator")
 
 
 def add_training_commands(commands: Any) -> None:
@@ -37,6 +37,9 @@ def add_training_commands(commands: Any) -> None:
     fit.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: none)")
     fit.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     fit.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    fit.add_argument(
+        "--input-size", metavar="WxH", help="model input (default: the size of the dataset's views)"
+    )
     fit.set_defaults(run=_fit)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a run or bundle on a dataset")
@@ -69,19 +72,37 @@ def _fit(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.input_size:
+        width, height = (int(v) for v in args.input_size.lower().split("x"))
+    else:
+        width, height = _view_size(args.dataset)
     config = FitConfig(
         dataset=str(args.dataset), arch=args.arch, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         workers=args.workers, aggregation=args.aggregation,
         init_from=str(args.init_from or ""), trunk_arch=args.trunk_arch,
         freeze_trunk=args.freeze_trunk, max_steps=args.max_steps,
-        augment=AugmentParams(invert=args.invert_augmentation),
+        augment=AugmentParams(height=height, width=width, invert=args.invert_augmentation),
     )  # fmt: skip
     best = fit(config, args.out, resume=args.resume)
     if best.get("epoch"):
         print(f"best epoch {best['epoch']}: validation study AUC {best['val_auc_study']:.4f}; "
               f"run folder {args.out}")  # fmt: skip
     return 0
+
+
+def _view_size(dataset: Path) -> tuple[int, int]:
+    """Width and height of the dataset's first view (prepare writes them all alike)."""
+    import csv
+
+    from PIL import Image
+
+    with (dataset / "metadata.csv").open(newline="", encoding="utf-8") as handle:
+        first = next(csv.DictReader(handle), None)
+    if first is None:
+        raise SystemExit(f"dicomnode-train fit: {dataset} has no views")
+    with Image.open(dataset / first["path"]) as image:
+        return image.size
 
 
 def _evaluate(args: argparse.Namespace) -> int:

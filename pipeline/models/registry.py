@@ -13,6 +13,7 @@ from pipeline.models.rx import (
     rx_large,
     rx_large_bn,
     rx_lite,
+    rx_lite_bn,
     rx_min_input_side,
 )
 
@@ -23,6 +24,7 @@ SingleViewModel: TypeAlias = ResNet18Classifier | RxNet
 _BUILDERS: dict[str, Callable[..., SingleViewModel]] = {
     "resnet18": resnet18_classifier,
     "rx_lite": rx_lite,
+    "rx_lite_bn": rx_lite_bn,
     "rx_large": rx_large,
     "rx_large_bn": rx_large_bn,
 }
@@ -46,7 +48,7 @@ def min_input_side(arch: str) -> int:
     """Smallest input height/width in pixels that the architecture accepts."""
     if arch not in _BUILDERS:
         raise ValueError(f"unknown model arch {arch!r}; valid: {', '.join(ARCHITECTURES)}")
-    if arch == "rx_lite":
+    if arch in ("rx_lite", "rx_lite_bn"):
         return rx_min_input_side(RX_LITE_PADDINGS)
     if arch in ("rx_large", "rx_large_bn"):
         return rx_min_input_side(RX_LARGE_PADDINGS)

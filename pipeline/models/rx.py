@@ -151,6 +151,20 @@ def rx_lite(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
     )
 
 
+def rx_lite_bn(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
+    """Model Rx Lite with BatchNorm after every convolution and He initialisation: the small,
+    CPU-trainable model of the bundled demo."""
+    return RxNet(
+        arch="rx_lite_bn",
+        widths=RX_LITE_WIDTHS,
+        paddings=RX_LITE_PADDINGS,
+        in_channels=in_channels,
+        batch_norm=True,
+        he_init=True,
+        dropout=dropout,
+    )
+
+
 def rx_large(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
     """Model Rx Large as in the thesis: 8 blocks, default initialisation, no normalisation."""
     return RxNet(
@@ -178,7 +192,8 @@ def rx_large_bn(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
 def gradient_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """L2 norm of d(BCE loss)/d(parameter) for every trainable parameter after one backward.
 
-    Uses `torch.autograd.grad`, so the parameters' `.grad` fields are left untouched.
+    Uses `torch.autograd.grad`, so the parameters' `.grad` fields are left untouched. The model
+    runs in its current mode (in training mode BatchNorm updates its running statistics).
     """
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     loss = nn.functional.binary_cross_entropy_with_logits(model(x), y.to(torch.float32))

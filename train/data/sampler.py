@@ -1,8 +1,10 @@
 """The thesis's class balancing (Section 4.3, Equation 4.3) as a sampler.
 
 Each sample is drawn with probability proportional to the size of the *other* class,
-P(s) = n_opposite(s) / (2 n_b n_nb), without replacement, 2 x n_minority samples per epoch:
-about as many fractured as intact samples, and every sample gets its chance over the epochs.
+P(s) = n_opposite(s) / (2 n_b n_nb), without replacement, 2 x n_minority samples per epoch.
+The first draws are balanced; as the minority is used up without replacement its remaining mass
+shrinks faster, so over a whole epoch about 40% of the samples are minority (at 31% prevalence)
+rather than the thesis's "approximately n and n", which holds only with replacement.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ in shard K, so N machines can share an archive). Layout of the output:
 - no file paths: archive paths often hold patient IDs or names, so files are referred to by a
   keyed digest of their path (``source_ref``), which `preview` resolves against the archive
 - ``stats.json`` and ``sizes.png``: normalisation statistics, counts, source size histogram
+- ``preprocess.json``: the preprocessing parameters, which a model trained on it carries
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 import pydicom
 
 from pipeline.dicomio import CorruptImage, DicomImageError, read_radiograph
+from pipeline.preprocess.params_io import params_to_dict
 from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
 from train.dataset.records import view_record, write_png
 from train.dataset.split import (
@@ -119,6 +121,7 @@ def prepare(
             _prepare_study(item)
             if progress:
                 progress(1)
+    _atomic_text(out / "preprocess.json", json.dumps(params_to_dict(params), indent=2) + "\n")
     views, study_rejections = _merge(out)
     all_rejected = rejected + study_rejections
     _write_csv(out / "rejected.csv", REJECTED_COLUMNS, all_rejected)
