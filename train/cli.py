@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     synth.add_argument("--workers", type=int, default=2, help="processes (2)")
     synth.add_argument(
+        "--syntaxes",
+        default="",
+        help="comma-separated transfer syntaxes to use (default: all, in hospital proportions);"
+        " 'native' = explicit_le,implicit_le,deflated,rle (no external encoders needed)",
+    )
+    synth.add_argument(
         "--preview",
         type=Path,
         metavar="PNG",
@@ -98,6 +104,7 @@ def _synth(args: argparse.Namespace) -> int:
             size=args.size,
             workers=args.workers,
             progress=bar.update,
+            syntaxes=_syntaxes(args.syntaxes),
         )
     print(
         f"wrote {summary.instances} instances in {summary.studies} studies "
@@ -108,6 +115,12 @@ def _synth(args: argparse.Namespace) -> int:
         tiles = write_contact_sheet(args.out, args.preview)
         print(f"contact sheet of {tiles} situations: {args.preview}")
     return 0
+
+
+def _syntaxes(text: str) -> tuple[str, ...]:
+    if text == "native":
+        return ("explicit_le", "implicit_le", "deflated", "rle")
+    return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
 def _preprocess(args: argparse.Namespace) -> int:

@@ -140,7 +140,7 @@ that are not wrists are refused by the preprocessing (wrist filter).
   seed {config["seed"]}; git commit `{info.git_commit}`; created {info.created}.
 
 ## Training data
-Dataset `{config["dataset"]}` (hash `{config.get("dataset_hash", "")[:16]}`), prepared by
+Dataset `{Path(config["dataset"]).name}` (metadata hash `{config.get("dataset_hash", "")[:16]}`), prepared by
 `dicomnode-train prepare`; split by patient, stratified by label.
 
 ## Metrics on the held-out test split ({test["split"]}, operating points fixed on validation)

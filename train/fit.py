@@ -343,7 +343,7 @@ def _git_commit() -> str:
         )
     except OSError:
         return "unknown"
-    return result.stdout.strip() or "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
 def _plot(run: Path) -> None:

@@ -34,7 +34,11 @@ class ResNet18Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(FEATURE_DIM, 1)
         self.feature_dim: int = FEATURE_DIM
-        self.target_layer: nn.Module = self.layer4
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The layer Grad-CAM explains (a property, so it adds nothing to the state dict)."""
+        return self.layer4
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> (N, 512) pooled features before the classifier."""

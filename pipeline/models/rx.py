@@ -31,6 +31,9 @@ from torch import nn
 RX_LITE_WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
 RX_LARGE_WIDTHS: tuple[int, ...] = (16, 32, 64, 64, 128, 128, 256, 256)
 RX_LARGE_UNPADDED_BLOCKS = 4
+RX_LARGE_CAM_BLOCK = 4
+"""Grad-CAM layer of the Large models: the fifth block, about 9x15 at 341x512 (the last block is
+1x1 there, which would make every heat map uniform)."""
 RX_LITE_PADDINGS: tuple[int, ...] = (0,) * len(RX_LITE_WIDTHS)
 RX_LARGE_PADDINGS: tuple[int, ...] = (0,) * RX_LARGE_UNPADDED_BLOCKS + (1,) * (
     len(RX_LARGE_WIDTHS) - RX_LARGE_UNPADDED_BLOCKS
@@ -81,6 +84,8 @@ class RxNet(nn.Module):
         batch_norm: bool = False,
         he_init: bool = False,
         dropout: float = 0.0,
+        global_max_pool: bool = False,
+        cam_block: int = -1,
     ) -> None:
         super().__init__()
         if not widths or len(widths) != len(paddings):
@@ -95,7 +100,11 @@ class RxNet(nn.Module):
                 for i in range(len(widths))
             )
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        # A fracture is a small local finding: averaging over the whole view dilutes it, the
+        # maximum keeps it (the thesis's Rx averages; rx_lite_bn takes the maximum).
+        self.pool: nn.Module = (
+            nn.AdaptiveMaxPool2d(1) if global_max_pool else nn.AdaptiveAvgPool2d(1)
+        )
         self.feature_dim: int = widths[-1]
         hidden1, hidden2 = CLASSIFIER_WIDTHS
         self.classifier = nn.Sequential(
@@ -107,9 +116,16 @@ class RxNet(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(hidden2, 1),
         )
-        self.target_layer: nn.Module = self.blocks[-1]
+        self.cam_block = cam_block
         if he_init:
             self._he_init()
+
+    @property
+    def target_layer(self) -> nn.Module:
+        """The block Grad-CAM explains: one whose output still has a spatial extent at the model
+        input (a property, so it adds nothing to the state dict)."""
+        layer: nn.Module = self.blocks[self.cam_block]
+        return layer
 
     def _he_init(self) -> None:
         for module in self.modules():
@@ -152,8 +168,8 @@ def rx_lite(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
 
 
 def rx_lite_bn(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
-    """Model Rx Lite with BatchNorm after every convolution and He initialisation: the small,
-    CPU-trainable model of the bundled demo."""
+    """Model Rx Lite with BatchNorm after every convolution, He initialisation and global max
+    pooling: the small, CPU-trainable model of the bundled demo."""
     return RxNet(
         arch="rx_lite_bn",
         widths=RX_LITE_WIDTHS,
@@ -162,6 +178,7 @@ def rx_lite_bn(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
         batch_norm=True,
         he_init=True,
         dropout=dropout,
+        global_max_pool=True,
     )
 
 
@@ -173,6 +190,7 @@ def rx_large(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
         paddings=RX_LARGE_PADDINGS,
         in_channels=in_channels,
         dropout=dropout,
+        cam_block=RX_LARGE_CAM_BLOCK,
     )
 
 
@@ -186,6 +204,7 @@ def rx_large_bn(*, in_channels: int = 1, dropout: float = 0.0) -> RxNet:
         batch_norm=True,
         he_init=True,
         dropout=dropout,
+        cam_block=RX_LARGE_CAM_BLOCK,
     )
 
 

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
 from train.phantoms.anatomy import RenderedView, render_view
-from train.phantoms.encoding import to_stored, write_instance
+from train.phantoms.encoding import TRANSFER_SYNTAXES, to_stored, write_instance
 from train.phantoms.plan import InstancePlan, StudyPlan, plan_study
 
 SOP_CLASSES = {
@@ -93,13 +93,17 @@ def generate_archive(
     size: str = "small",
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
+    syntaxes: tuple[str, ...] = (),
 ) -> ArchiveSummary:
     """Generate `studies` synthetic studies under `out`; deterministic for `seed`."""
     if size not in ("small", "full"):
         raise ValueError(f"size must be 'small' or 'full', not {size!r}")
     out.mkdir(parents=True, exist_ok=True)
     n_patients = max(1, int(studies * 0.85))
-    jobs = [(out, seed, index, size, n_patients) for index in range(studies)]
+    unknown = set(syntaxes) - set(TRANSFER_SYNTAXES)
+    if unknown:
+        raise ValueError(f"unknown transfer syntaxes {sorted(unknown)}")
+    jobs = [(out, seed, index, size, n_patients, syntaxes) for index in range(studies)]
     rows: list[list[dict[str, str]]] = []
     plans: list[StudyPlan] = []
     if workers > 1:
@@ -139,9 +143,11 @@ def _write_labels(path: Path, plans: list[StudyPlan]) -> None:
                 writer.writerow([plan.study_instance_uid, plan.accession_number, plan.label])
 
 
-def _write_study(job: tuple[Path, int, int, str, int]) -> tuple[StudyPlan, list[dict[str, str]]]:
-    out, seed, index, size, n_patients = job
-    plan = plan_study(seed, index, size=size, n_patients=n_patients)
+def _write_study(
+    job: tuple[Path, int, int, str, int, tuple[str, ...]],
+) -> tuple[StudyPlan, list[dict[str, str]]]:
+    out, seed, index, size, n_patients, syntaxes = job
+    plan = plan_study(seed, index, size=size, n_patients=n_patients, syntaxes=syntaxes)
     if not plan.has_images:
         return plan, []
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 7]))

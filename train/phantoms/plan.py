@@ -151,7 +151,14 @@ def _uid(seed: int, *parts: object) -> str:
     return f"2.25.{int.from_bytes(digest.digest()[:16], 'big')}"
 
 
-def plan_study(seed: int, index: int, *, size: str, n_patients: int) -> StudyPlan:
+def plan_study(
+    seed: int,
+    index: int,
+    *,
+    size: str,
+    n_patients: int,
+    syntaxes: tuple[str, ...] = (),
+) -> StudyPlan:
     """The plan of study `index` of the archive generated with `seed` (pure and deterministic)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     # Some patients have two studies (a fracture and its follow-up): the split must be by patient.
@@ -206,7 +213,16 @@ def plan_study(seed: int, index: int, *, size: str, n_patients: int) -> StudyPla
         spec = replace(spec, implant=implant and body_part == "wrist", cast=cast or spec.cast)
         spec = replace(spec, marker=laterality if spec.marker else None)
         instances.append(
-            _instance_plan(rng, seed, index, number, spec, series_uid, last=number == n_views - 1)
+            _instance_plan(
+                rng,
+                seed,
+                index,
+                number,
+                spec,
+                series_uid,
+                last=number == n_views - 1,
+                syntaxes=syntaxes,
+            )
         )
     has_labels, has_images = True, True
     roll = rng.random()
@@ -253,17 +269,20 @@ def _instance_plan(
     series_uid: str,
     *,
     last: bool,
+    syntaxes: tuple[str, ...] = (),
 ) -> InstancePlan:
     sop_kind = _choice(rng, SOP_KINDS)
     if sop_kind == "SC":
         sop_kind = "SC_" + _choice(rng, SC_KINDS).upper()
-    syntax = _choice(rng, tuple(SYNTAX_WEIGHTS.items()))
+    allowed = tuple((k, w) for k, w in SYNTAX_WEIGHTS.items() if not syntaxes or k in syntaxes)
+    syntax = _choice(rng, allowed)
     photometric = _choice(rng, PHOTOMETRIC)
     bits = int(rng.choice([10, 12, 14, 16]))
     voi = _choice(rng, VOI)
     if sop_kind == "SC_RGB":
         # Screenshots exported from a viewer: 8-bit colour, displayed as shown, no VOI.
-        syntax = syntax if syntax in ("explicit_le", "implicit_le", "rle", "deflated") else "rle"
+        rgb_ok = ("explicit_le", "implicit_le", "rle", "deflated")
+        syntax = syntax if syntax in rgb_ok else "rle"
         photometric, bits, voi = str(rng.choice(["monochrome2", "inverted"])), 8, "none"
     elif sop_kind == "SC_GREY8":
         bits = 8
@@ -276,6 +295,8 @@ def _instance_plan(
         bits = 8
     elif syntax == "jpeg_extended":
         bits = 12
+    if syntaxes and syntax not in syntaxes:
+        syntax = syntaxes[0]
     corrupt = ""
     if index % TRUNCATED_EVERY == 5 and last:
         corrupt = "truncated"

@@ -161,3 +161,17 @@ def test_trained_rx_lite_looks_at_the_bright_square() -> None:
         )
         fractions = quadrants / quadrants.sum()
         assert fractions[0] > 0.5, fractions
+
+
+def test_large_models_heat_maps_are_not_uniform_at_the_model_input() -> None:
+    """The last Large block is 1x1 at 341x512; the CAM layer must keep a spatial extent."""
+    from pipeline.gradcam import grad_cam as cam
+    from pipeline.models import build_model as build
+
+    torch.manual_seed(0)
+    model = build(arch="rx_large_bn").eval()
+    image = torch.zeros(1, 1, 512, 341)
+    image[..., 100:160, 50:120] = 3.0
+    _, heatmap = cam(model, image)
+    assert heatmap.shape == (512, 341)
+    assert float(heatmap.std()) > 0.01

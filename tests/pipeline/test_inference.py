@@ -1,0 +1,78 @@
+"""The bundled demo model loads and predicts studies of the synthetic archive."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.dicomio import read_radiograph
+from pipeline.inference import LEVELS, BundleError, ModelBundle
+from train.phantoms.archive import read_truth
+
+DEMO = Path(__file__).resolve().parents[2] / "config" / "models" / "wrist-demo"
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    return ModelBundle.load(DEMO)
+
+
+def _studies(archive: Path) -> dict[str, list[dict[str, str]]]:
+    studies: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in read_truth(archive):
+        if not row["corrupt"]:
+            studies[row["study_instance_uid"]].append(row)
+    return studies
+
+
+def test_demo_bundle_is_small_and_labelled_synthetic() -> None:
+    assert sum(p.stat().st_size for p in DEMO.iterdir()) < 10 * 1024 * 1024
+    assert "Not for clinical use" in (DEMO / "MODEL_CARD.md").read_text()
+    info = json.loads((DEMO / "model.json").read_text())
+    assert 0 < info["thresholds"]["possible"] <= info["thresholds"]["likely"] < 1
+
+
+def test_wrist_study_prediction(bundle: ModelBundle, synthetic_archive: Path) -> None:
+    studies = _studies(synthetic_archive)
+    rows = next(r for r in studies.values() if all(x["body_part"] == "wrist" for x in r)
+                and len(r) >= 2)  # fmt: skip
+    prediction = bundle.predict([read_radiograph(synthetic_archive / r["path"]) for r in rows])
+    assert prediction.in_scope and prediction.level in LEVELS
+    assert 0.0 <= prediction.probability <= 1.0
+    assert len(prediction.views) >= len(rows)
+    for view in prediction.views:
+        assert view.heatmap is not None and view.heatmap.shape == (512, 341)
+        assert 0.0 <= view.heatmap.min() and view.heatmap.max() <= 1.0
+        assert 0.0 <= view.probability <= 1.0
+
+
+def test_fractured_studies_score_higher(bundle: ModelBundle, synthetic_archive: Path) -> None:
+    scores: dict[int, list[float]] = {0: [], 1: []}
+    for rows in _studies(synthetic_archive).values():
+        if rows[0]["body_part"] != "wrist":
+            continue
+        prediction = bundle.predict(
+            [read_radiograph(synthetic_archive / r["path"]) for r in rows], heatmaps=False
+        )
+        scores[int(rows[0]["study_label"])].append(prediction.probability)
+    assert len(scores[1]) >= 5 and len(scores[0]) >= 20
+    assert np.mean(scores[1]) > np.mean(scores[0])
+
+
+def test_non_wrist_study_is_out_of_scope(bundle: ModelBundle, synthetic_archive: Path) -> None:
+    rows = next(r for r in _studies(synthetic_archive).values() if r[0]["body_part"] != "wrist")
+    prediction = bundle.predict([read_radiograph(synthetic_archive / r["path"]) for r in rows])
+    assert not prediction.in_scope and prediction.views == ()
+    assert "no wrist view" in prediction.reason
+
+
+def test_a_broken_bundle_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="no model.json"):
+        ModelBundle.load(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(BundleError, match="invalid"):
+        ModelBundle.load(tmp_path)
