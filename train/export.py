@@ -140,8 +140,9 @@ that are not wrists are refused by the preprocessing (wrist filter).
   seed {config["seed"]}; git commit `{info.git_commit}`; created {info.created}.
 
 ## Training data
-Dataset `{Path(config["dataset"]).name}` (metadata hash `{config.get("dataset_hash", "")[:16]}`), prepared by
-`dicomnode-train prepare`; split by patient, stratified by label.
+Dataset `{Path(config["dataset"]).name}` (metadata hash
+`{config.get("dataset_hash", "")[:16]}`), prepared by `dicomnode-train prepare`; split by
+patient, stratified by label.
 
 ## Metrics on the held-out test split ({test["split"]}, operating points fixed on validation)
 | aggregation | study AUC [95% CI] | sens / spec (high sens) | sens / spec (high spec) | bal acc |

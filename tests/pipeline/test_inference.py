@@ -46,7 +46,7 @@ def test_wrist_study_prediction(bundle: ModelBundle, synthetic_archive: Path) ->
     assert len(prediction.views) >= len(rows)
     for view in prediction.views:
         assert view.heatmap is not None and view.heatmap.shape == (512, 341)
-        assert 0.0 <= view.heatmap.min() and view.heatmap.max() <= 1.0
+        assert view.heatmap.min() >= 0.0 and view.heatmap.max() <= 1.0
         assert 0.0 <= view.probability <= 1.0
 
 
@@ -71,7 +71,7 @@ def test_non_wrist_study_is_out_of_scope(bundle: ModelBundle, synthetic_archive:
 
 
 def test_a_broken_bundle_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(BundleError, match="no model.json"):
+    with pytest.raises(BundleError, match=r"no model\.json"):
         ModelBundle.load(tmp_path)
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(BundleError, match="invalid"):
