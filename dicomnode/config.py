@@ -106,6 +106,26 @@ class StorageSection:
     path: Path = Path("var/dicomnode")
 
 
+def _non_negative(value: float) -> None:
+    if value < 0:
+        raise ValueError("must not be negative")
+
+
+@dataclass(frozen=True)
+class CompletenessSection(_Validated):
+    """When a study counts as complete (see dicomnode.completeness)."""
+
+    grace_seconds: float = _checked(2.0, check=_non_negative)
+    """After the sender released its association, wait this long for more instances."""
+    quiet_seconds: float = _checked(30.0, check=_non_negative)
+    """Without a release (or across associations), wait this long after the last instance."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.grace_seconds > self.quiet_seconds:
+            raise FieldError("grace_seconds", self.grace_seconds, "must not exceed quiet_seconds")
+
+
 @dataclass(frozen=True)
 class LoggingSection:
     """Log verbosity and line format."""
@@ -120,6 +140,7 @@ class Config:
 
     node: NodeSection = field(default_factory=NodeSection)
     storage: StorageSection = field(default_factory=StorageSection)
+    completeness: CompletenessSection = field(default_factory=CompletenessSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     destinations: tuple[Destination, ...] = ()
 

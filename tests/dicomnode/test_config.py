@@ -52,6 +52,8 @@ def test_a_file_overrides_and_parses_destinations(tmp_path: Path) -> None:
         ("[storage]\npath = 3\n", "'storage.path' must be a path (string), not an integer"),
         ('[[destinations]]\nae_title = "X"\nhost = "h"\n', "lacks the key 'destinations[0].port'"),
         ("node = 3\n", "[node] must be a table"),
+        ("[completeness]\ngrace_seconds = -1\n", "'completeness.grace_seconds' = -1"),
+        ("[completeness]\ngrace_seconds = 60\n", "must not exceed quiet_seconds"),
         ("[node\n", "not valid TOML"),
     ],
 )
