@@ -1,3 +1,35 @@
 """DIMSE status codes the node returns (PS3.7 Annex C). The one place they are spelt in hex."""
 
 SUCCESS = 0x0000
+
+# C-STORE warnings (PS3.4 Table B.2-1): the peer stored the instance, so the SCU counts it sent.
+WARNING_COERCION_OF_DATA_ELEMENTS = 0xB000
+WARNING_ELEMENTS_DISCARDED = 0xB006
+WARNING_DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
+
+# C-STORE failures (PS3.4 Annex B.2.3, Table B.2-1): the ranges A7xx, A9xx and Cxxx are the
+# Storage Service Class's own; we send the base code of each range.
+OUT_OF_RESOURCES = 0xA700
+"""Refused: Out of Resources. The spool's disk is full (ENOSPC/EDQUOT); retrying later may work."""
+
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+"""Error: Data Set Does Not Match SOP Class. The dataset's SOP Class UID is not the one the
+C-STORE request (Affected SOP Class UID) and its presentation context announced."""
+
+CANNOT_UNDERSTAND = 0xC000
+"""Error: Cannot Understand. The dataset cannot be parsed, or lacks (or has malformed) the UIDs
+that identify it (SOP Instance, Study Instance, Series Instance, SOP Class)."""
+
+# General failure (PS3.7 Annex C.4.2).
+PROCESSING_FAILURE = 0x0110
+"""Failure: Processing Failure. Our fault (an I/O error other than a full disk, an index error,
+a bug); the instance was not acknowledged and the sender may retry."""
+
+# The C-STORE warnings as a group: the statuses an SCU counts as sent besides SUCCESS.
+STORE_WARNINGS = frozenset(
+    {
+        WARNING_COERCION_OF_DATA_ELEMENTS,
+        WARNING_ELEMENTS_DISCARDED,
+        WARNING_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    }
+)

@@ -27,9 +27,9 @@ class RotationParams:
     closing_radius: int = 2
     opening_radius: int = 2
     end_fraction: float = 0.3
-    proximal_fraction: float = 0.5
+    proximal_fraction: float = 0.6
     """Share of the arm, from the forearm end, on which the axis is refined."""
-    min_proximal_elongation: float = 3.0
+    min_proximal_elongation: float = 2.0
     """The refined axis is used only when that end is clearly elongated."""
 
 

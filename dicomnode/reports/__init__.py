@@ -1,0 +1,7 @@
+"""Pure builders of the DICOM objects the node sends back: the SR and the Secondary Captures."""
+
+from dicomnode.reports.sc import build_sc
+from dicomnode.reports.sr import ReportContext, build_not_analysed_sr, build_sr
+from dicomnode.reports.uids import result_uid
+
+__all__ = ["ReportContext", "build_not_analysed_sr", "build_sc", "build_sr", "result_uid"]

@@ -1,0 +1,240 @@
+"""The node's Storage SCP: accept wrist radiographs, store them durably, index them.
+
+Handlers are thin and never raise: they log one line (study UID, never patient data) and
+return a named status from `dicomnode.dimse_status`. Success means the instance is fsync'd in
+the spool and indexed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+import uuid
+import zlib
+from io import BytesIO
+from typing import Any, cast
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomnode import dimse_status
+from dicomnode.config import Config
+from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
+from dicomnode.index import Index
+from dicomnode.spool import Spool, is_valid_uid
+from pipeline.dicomio import SUPPORTED_SOP_CLASSES
+
+log = logging.getLogger(__name__)
+
+TRANSFER_SYNTAXES = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+)
+"""Every transfer syntax `pipeline.dicomio` decodes; we accept what the sender proposes."""
+
+MAXIMUM_PDU_SIZE = 0
+"""Unlimited: the peer sends PDUs as large as it likes. Measured with storescu sending 1 MB
+instances (see the module's report); larger PDUs mean fewer reads and less reassembly."""
+
+NETWORK_TIMEOUT_S = 30.0
+"""ACSE, DIMSE and idle-network timeout: a half-dead peer is dropped after this long."""
+
+_HEADER_END = Tag(0x0020, 0x000F)  # just past Series Instance UID: all the header we read
+
+
+class _Rejected(Exception):
+    """An instance we refuse: `status` is the DIMSE status, the message the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def build_ae(config: Config) -> AE:
+    """The node's application entity: Verification plus Storage of the radiograph SOP classes
+    the pipeline reads, in every transfer syntax it decodes; other SOP classes are refused at
+    association negotiation."""
+    ae = AE(ae_title=config.node.ae_title)
+    ae.add_supported_context(Verification)
+    for sop_class in sorted(SUPPORTED_SOP_CLASSES):
+        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
+    return ae
+
+
+def start_server(
+    config: Config, spool: Spool, index: Index, *, block: bool = False
+) -> ThreadedAssociationServer:
+    """Listen on config.node.host:port with the storage handlers bound to `spool` and `index`.
+
+    With ``block=False`` returns the running server (stop it with ``shutdown()``).
+    """
+    index.close_open_associations(time.time())  # left open by a crash: nobody sends on them
+    handlers: list[Any] = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, handle_store, [spool, index]),
+        (evt.EVT_ACCEPTED, handle_accepted, [index]),
+        (evt.EVT_RELEASED, handle_closed, [index]),
+        (evt.EVT_ABORTED, handle_closed, [index]),
+    ]
+    address = (config.node.host, config.node.port)
+    server = build_ae(config).start_server(address, block=block, evt_handlers=handlers)
+    log.info("listening as %s on %s:%d", config.node.ae_title, *address)
+    assert server is not None or block  # pynetdicom returns the server when not blocking
+    return server  # type: ignore[return-value]
+
+
+def handle_echo(event: Event) -> int:
+    """C-ECHO: always Success."""
+    return dimse_status.SUCCESS
+
+
+def handle_accepted(event: Event, index: Index) -> None:
+    """Name the association uniquely and record it."""
+    try:
+        assoc = event.assoc
+        # pynetdicom names acceptor threads by the second; the index needs a unique id.
+        assoc.name = f"assoc-{uuid.uuid4().hex[:16]}"
+        index.association_opened(
+            assoc.name, assoc.requestor.ae_title, assoc.requestor.address, time.time()
+        )
+        log.info("association %s from %s accepted", assoc.name, assoc.requestor.ae_title)
+    except Exception as exc:
+        log.error("recording an accepted association failed: %s", type(exc).__name__)
+
+
+def handle_closed(event: Event, index: Index) -> None:
+    """Record a released or aborted association: its studies start their grace period."""
+    try:
+        released = event.event is evt.EVT_RELEASED
+        index.association_closed(event.assoc.name, time.time(), released=released)
+        log.info("association %s %s", event.assoc.name, "released" if released else "aborted")
+    except Exception as exc:
+        log.error("recording a closed association failed: %s", type(exc).__name__)
+
+
+def handle_store(event: Event, spool: Spool, index: Index) -> int:
+    """C-STORE: write the instance as received to the spool, index it, then answer Success.
+
+    Never raises; every failure is one log line and a named status (see `dimse_status`).
+    """
+    study_uid = "unknown"
+    try:
+        header = _read_header(event)
+        study_uid = _text(header, "StudyInstanceUID")
+        if not is_valid_uid(study_uid):
+            study_uid = "(invalid)"  # an invalid UID may hold anything: never log it
+        sop_uid, series_uid, sop_class = _checked_uids(event, header)
+        ours = _text(header, "Manufacturer") == MANUFACTURER or _text(
+            header, "SeriesDescription"
+        ).startswith(SERIES_DESCRIPTION_PREFIX)
+        path = spool.store(study_uid, sop_uid, event.encoded_dataset())
+        duplicate = index.record_instance(
+            sop_uid=sop_uid,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            sop_class_uid=sop_class,
+            path=path,
+            calling_aet=event.assoc.requestor.ae_title,
+            association_id=event.assoc.name,
+            received_at=time.time(),
+            ours=ours,
+        )
+    except _Rejected as exc:
+        log.warning("C-STORE refused, study %s: %s", study_uid, exc)
+        return exc.status
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        log.error("C-STORE failed, study %s: spool write: %s", study_uid, exc.strerror or exc)
+        return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE
+    except Exception as exc:
+        # The exception's message may quote dataset values (patient data): log its type only.
+        log.error("C-STORE failed, study %s: %s", study_uid, type(exc).__name__)
+        log.debug("C-STORE failure detail", exc_info=True)
+        return dimse_status.PROCESSING_FAILURE
+    log.debug(
+        "stored study %s instance %s%s%s",
+        study_uid,
+        sop_uid,
+        " (duplicate)" if duplicate else "",
+        " (our own result)" if ours else "",
+    )
+    return dimse_status.SUCCESS
+
+
+def _read_header(event: Event) -> Dataset:
+    """The dataset's elements up to Series Instance UID, without parsing the pixel data."""
+    try:
+        syntax = event.context.transfer_syntax
+        stream = event.encoded_dataset(include_meta=False)
+        if syntax.is_deflated:
+            stream = zlib.decompress(stream, -zlib.MAX_WBITS)
+        return read_dataset(
+            BytesIO(stream),
+            syntax.is_implicit_VR,
+            syntax.is_little_endian,
+            stop_when=lambda tag, vr, length: BaseTag(tag) >= _HEADER_END,
+        )
+    except Exception as exc:
+        raise _Rejected(dimse_status.CANNOT_UNDERSTAND, "dataset cannot be parsed") from exc
+
+
+def _checked_uids(event: Event, header: Dataset) -> tuple[str, str, str]:
+    """SOP Instance, Series Instance and SOP Class UIDs, checked against the request."""
+    uids = {}
+    for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
+        value = _text(header, keyword)
+        if not is_valid_uid(value):
+            raise _Rejected(dimse_status.CANNOT_UNDERSTAND, f"{keyword} missing or malformed")
+        uids[keyword] = value
+    request = cast(C_STORE, event.request)
+    if uids["SOPClassUID"] != str(request.AffectedSOPClassUID):
+        raise _Rejected(
+            dimse_status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            f"dataset SOP Class {uids['SOPClassUID']} but request {request.AffectedSOPClassUID}",
+        )
+    if uids["SOPInstanceUID"] != str(request.AffectedSOPInstanceUID):
+        raise _Rejected(dimse_status.CANNOT_UNDERSTAND, "SOP Instance UID differs from request")
+    return uids["SOPInstanceUID"], uids["SeriesInstanceUID"], uids["SOPClassUID"]
+
+
+def _text(header: Dataset, keyword: str) -> str:
+    """An element's value as text, stripped of padding; "" if absent or undecodable."""
+    try:
+        return str(header.get(keyword, "")).strip("\0 ")
+    except Exception:
+        return ""
