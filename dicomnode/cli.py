@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from dicomnode import __version__, dimse_status
+from dicomnode import __version__
 from dicomnode.config import Config, ConfigError, Destination, load_config, with_overrides
 from dicomnode.logs import configure_logging
 
@@ -84,39 +84,35 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    """Listen for associations until SIGTERM or SIGINT."""
+    """Receive and keep studies until SIGTERM or SIGINT (analysis and reporting: next step)."""
     del args
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+    from dicomnode.index import Index
+    from dicomnode.scp import start_server
+    from dicomnode.spool import Spool
 
     configure_logging(config.logging)
-    config.storage.path.mkdir(parents=True, exist_ok=True)
-    ae = AE(ae_title=config.node.ae_title)
-    ae.add_supported_context(Verification)
-    server = ae.start_server(
-        (config.node.host, config.node.port),
-        block=False,
-        evt_handlers=[(evt.EVT_C_ECHO, _on_echo)],
-    )
-    assert server is not None  # block=False always returns the server
-    log.info(
-        "listening as %s on %s:%d (verification only: storage and analysis are not yet built)",
-        config.node.ae_title,
-        config.node.host,
-        config.node.port,
-    )
+    root = config.storage.path
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    spool = Spool(root / "spool")
+    dropped = spool.discard_partial()  # writes a crash interrupted were never acknowledged
+    if dropped:
+        log.warning("discarded %d partial file(s) left by an interrupted run", dropped)
+    index = Index(root / "index.sqlite")
+    server = start_server(config, spool, index)
+    log.info("storage in %s; %s", root, _counts(index))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
-    log.info("stopping")
+    log.info("stopping: no new associations; waiting for transfers in progress")
     server.shutdown()
+    index.close()
     return 0
 
 
-def _on_echo(event: Any) -> int:
-    log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
-    return dimse_status.SUCCESS
+def _counts(index: Any) -> str:
+    counts = index.counts()
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "empty"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,8 @@
 """The SQLite index of received instances, studies and associations (WAL, synchronous=FULL).
 
-A study's state belongs to the analysis side; receiving only opens a study ('receiving') and
-reopens one whose results went out ('done', 'failed' -> 'receiving' with needs_revision=1).
-Our own results coming back (``ours``) are recorded but never touch their study.
+A study's state belongs to the analysis side; receiving only opens a study ('receiving'), flags
+needs_revision=1 when an instance arrives after analysis began, and reopens ('receiving') one
+whose results went out ('done', 'failed'). Our own results (``ours``) never touch their study.
 """
 
 from __future__ import annotations
@@ -23,39 +23,35 @@ _STALE = f"'complete', 'analysing', 'sending', {_REOPEN}"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (
-    study_uid TEXT PRIMARY KEY, state TEXT NOT NULL, first_received REAL NOT NULL,
-    last_received REAL NOT NULL, released_at REAL, n_instances INTEGER NOT NULL DEFAULT 0,
-    needs_revision INTEGER NOT NULL DEFAULT 0, state_changed_at REAL NOT NULL,
-    reason TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS studies (study_uid TEXT PRIMARY KEY, state TEXT NOT NULL,
+    first_received REAL NOT NULL, last_received REAL NOT NULL, released_at REAL,
+    n_instances INTEGER NOT NULL DEFAULT 0, needs_revision INTEGER NOT NULL DEFAULT 0,
+    state_changed_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '');
 CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
-CREATE TABLE IF NOT EXISTS instances (
-    sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL, path TEXT NOT NULL, calling_aet TEXT NOT NULL,
-    association_id TEXT NOT NULL, received_at REAL NOT NULL, ours INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
-CREATE TABLE IF NOT EXISTS associations (
-    association_id TEXT PRIMARY KEY, calling_aet TEXT NOT NULL, address TEXT NOT NULL,
-    opened_at REAL NOT NULL, closed_at REAL, released INTEGER);
+CREATE TABLE IF NOT EXISTS instances (sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, path TEXT NOT NULL,
+    calling_aet TEXT NOT NULL, association_id TEXT NOT NULL, received_at REAL NOT NULL,
+    ours INTEGER NOT NULL); CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS associations (association_id TEXT PRIMARY KEY,
+    calling_aet TEXT NOT NULL, address TEXT NOT NULL, opened_at REAL NOT NULL,
+    closed_at REAL, released INTEGER);
 -- Which studies each association sent to: released_at waits for all of them to close.
-CREATE TABLE IF NOT EXISTS association_studies (
-    association_id TEXT NOT NULL, study_uid TEXT NOT NULL,
-    PRIMARY KEY (association_id, study_uid));
+CREATE TABLE IF NOT EXISTS association_studies (association_id TEXT NOT NULL,
+    study_uid TEXT NOT NULL, PRIMARY KEY (association_id, study_uid));
 """
 
 
 @dataclass(frozen=True)
 class StudyRow:
-    """A study as the index knows it."""
+    """A study as the index knows it. `released_at` is None while an association that sent to
+    it is open; `n_instances` counts received instances, our own results excluded."""
 
     study_uid: str
     state: str
     first_received: float
     last_received: float
     released_at: float | None
-    """None while an association that sent to the study is open."""
     n_instances: int
-    """Received instances, our own results excluded."""
     needs_revision: bool
     state_changed_at: float
     reason: str
@@ -86,27 +82,20 @@ class Index:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
         self._lock = threading.RLock()
         # Autocommit mode: each write below runs in its own explicit BEGIN IMMEDIATE.
-        self._db = sqlite3.connect(
-            path, timeout=30.0, isolation_level=None, check_same_thread=False
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.executescript(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+            f" BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO schema_version SELECT {SCHEMA_VERSION}"
+            " WHERE NOT EXISTS (SELECT 1 FROM schema_version); COMMIT;"
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        with self._lock:
-            self._db.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO schema_version SELECT {SCHEMA_VERSION}"
-                " WHERE NOT EXISTS (SELECT 1 FROM schema_version); COMMIT;"
-            )
-        version = self._query("SELECT MAX(version) FROM schema_version")[0][0]
-        if version != SCHEMA_VERSION:
-            raise RuntimeError(f"{path}: index schema version {version}, expected {SCHEMA_VERSION}")
+        if self._query("SELECT MAX(version) FROM schema_version")[0][0] != SCHEMA_VERSION:
+            raise RuntimeError(f"{path}: the index schema is not version {SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the connection."""
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def record_instance(
         self,
@@ -123,43 +112,35 @@ class Index:
     ) -> bool:
         """Index a stored instance and update its study; True if the SOP UID was known."""
         with self._transaction() as db:
-            duplicate = (
-                db.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
-                is not None
-            )
+            known = db.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
             db.execute(
                 f"INSERT OR REPLACE INTO instances ({_INSTANCE_COLUMNS})"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sop_uid, study_uid, series_uid, sop_class_uid, str(path), calling_aet,
                  association_id, received_at, int(ours)),
             )  # fmt: skip
-            if not ours:
-                self._touch_study(db, study_uid, association_id, received_at)
-            return duplicate
-
-    def _touch_study(
-        self, db: sqlite3.Connection, study_uid: str, association_id: str, at: float
-    ) -> None:
-        db.execute(
-            "INSERT OR IGNORE INTO studies (study_uid, state, first_received, last_received,"
-            " state_changed_at, reason) VALUES (?, 'receiving', ?, ?, ?, 'first instance')",
-            (study_uid, at, at, at),
-        )
-        # The analysis side owns the states after 'receiving': needs_revision tells it that its
-        # input went stale; only a study whose results went out is reopened.
-        db.execute(
-            f"UPDATE studies SET needs_revision = needs_revision OR state IN ({_STALE}),"
-            f" state_changed_at = IIF(state IN ({_REOPEN}), ?, state_changed_at),"
-            f" reason = IIF(state IN ({_REOPEN}), 'instance received after results', reason),"
-            f" state = IIF(state IN ({_REOPEN}), 'receiving', state),"
-            " last_received = MAX(last_received, ?), released_at = NULL,"
-            " n_instances = (SELECT COUNT(*) FROM instances WHERE study_uid = ? AND ours = 0)"
-            " WHERE study_uid = ?",
-            (at, at, study_uid, study_uid),
-        )
-        db.execute(
-            "INSERT OR IGNORE INTO association_studies VALUES (?, ?)", (association_id, study_uid)
-        )
+            if ours:
+                return known is not None
+            db.execute(
+                "INSERT OR IGNORE INTO studies (study_uid, state, first_received, last_received,"
+                " state_changed_at, reason) VALUES (?, 'receiving', ?, ?, ?, 'first instance')",
+                (study_uid, received_at, received_at, received_at),
+            )
+            db.execute(
+                f"UPDATE studies SET needs_revision = needs_revision OR state IN ({_STALE}),"
+                f" state_changed_at = IIF(state IN ({_REOPEN}), ?, state_changed_at),"
+                f" reason = IIF(state IN ({_REOPEN}), 'instance received after results', reason),"
+                f" state = IIF(state IN ({_REOPEN}), 'receiving', state),"
+                " last_received = MAX(last_received, ?), released_at = NULL,"
+                " n_instances = (SELECT COUNT(*) FROM instances WHERE study_uid = ? AND ours = 0)"
+                " WHERE study_uid = ?",
+                (received_at, received_at, study_uid, study_uid),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO association_studies VALUES (?, ?)",
+                (association_id, study_uid),
+            )
+            return known is not None
 
     def association_opened(
         self, association_id: str, calling_aet: str, address: str, at: float
@@ -172,8 +153,7 @@ class Index:
             )
 
     def association_closed(self, association_id: str, at: float, *, released: bool) -> None:
-        """Record the end of an association; its studies with no other sender open get
-        released_at = `at` (the start of their grace period)."""
+        """Record its end; its studies with no other sender open get released_at = `at`."""
         with self._transaction() as db:
             db.execute(
                 "UPDATE associations SET closed_at = ?, released = ? WHERE association_id = ?",
@@ -197,10 +177,7 @@ class Index:
 
     def study(self, study_uid: str) -> StudyRow | None:
         """The study `study_uid`, or None if no instance of it was received."""
-        rows = self._query(
-            f"SELECT {_STUDY_COLUMNS} FROM studies WHERE study_uid = ?", (study_uid,)
-        )
-        return _study_row(rows[0]) if rows else None
+        return next(iter(self._studies("study_uid = ?", (study_uid,))), None)
 
     def instances(self, study_uid: str, *, include_ours: bool = False) -> list[InstanceRow]:
         """The instances of a study, ordered by arrival; our own results only if asked."""
@@ -213,30 +190,20 @@ class Index:
 
     def studies_in_state(self, *states: str) -> list[StudyRow]:
         """The studies in any of `states`, oldest first."""
-        for state in states:
-            _check_state(state)
+        _check_state(*states)
         marks = ", ".join("?" for _ in states)
-        rows = self._query(
-            f"SELECT {_STUDY_COLUMNS} FROM studies WHERE state IN ({marks})"
-            " ORDER BY first_received, study_uid",
-            states,
-        )
-        return [_study_row(r) for r in rows]
+        return self._studies(f"state IN ({marks}) ORDER BY first_received, study_uid", states)
 
     def set_state(
         self, study_uid: str, state: str, *, reason: str = "", at: float | None = None
     ) -> None:
-        """Move a study to `state`, recording when (`at`, default now) and why.
-
-        ValueError for an unknown state, KeyError for a study the index does not hold.
-        """
+        """Move a study to `state`, recording when (`at`, default now) and why; ValueError for
+        an unknown state, KeyError for a study the index does not hold."""
         _check_state(state)
-        when = time.time() if at is None else at
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE studies SET state = ?, reason = ?, state_changed_at = ?"
-                " WHERE study_uid = ?",
-                (state, reason, when, study_uid),
+                "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? WHERE study_uid=?",
+                (state, reason, time.time() if at is None else at, study_uid),
             )
             if cursor.rowcount == 0:
                 raise KeyError(f"study {study_uid} is not in the index")
@@ -244,10 +211,12 @@ class Index:
     def counts(self) -> dict[str, int]:
         """Studies per state (every state present, zero included) and the instance total."""
         result = dict.fromkeys(STUDY_STATES, 0)
-        for state, n in self._query("SELECT state, COUNT(*) FROM studies GROUP BY state"):
-            result[state] = n
-        result["instances"] = self._query("SELECT COUNT(*) FROM instances")[0][0]
-        return result
+        result.update(self._query("SELECT state, COUNT(*) FROM studies GROUP BY state"))
+        return result | {"instances": self._query("SELECT COUNT(*) FROM instances")[0][0]}
+
+    def _studies(self, where: str, params: tuple[Any, ...]) -> list[StudyRow]:
+        rows = self._query(f"SELECT {_STUDY_COLUMNS} FROM studies WHERE {where}", params)
+        return [_study_row(r) for r in rows]
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -265,9 +234,10 @@ class Index:
             self._db.execute("COMMIT")
 
 
-def _check_state(state: str) -> None:
-    if state not in STUDY_STATES:
-        raise ValueError(f"unknown study state {state!r}; one of {', '.join(STUDY_STATES)}")
+def _check_state(*states: str) -> None:
+    for state in states:
+        if state not in STUDY_STATES:
+            raise ValueError(f"unknown study state {state!r}; one of {', '.join(STUDY_STATES)}")
 
 
 def _study_row(r: tuple[Any, ...]) -> StudyRow:

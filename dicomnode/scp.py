@@ -65,9 +65,10 @@ TRANSFER_SYNTAXES = (
 )
 """Every transfer syntax `pipeline.dicomio` decodes; we accept what the sender proposes."""
 
-MAXIMUM_PDU_SIZE = 0
-"""Unlimited: the peer sends PDUs as large as it likes. Measured with storescu sending 1 MB
-instances (see the module's report); larger PDUs mean fewer reads and less reassembly."""
+MAXIMUM_PDU_SIZE = 262_144
+"""Largest PDU we accept. storescu sending 40 x 1 MB instances to this SCP (spool fsync included,
+4 runs each, median): 16 KiB 0.50 s, 256 KiB 0.37 s, 1 MiB 0.44 s, unlimited (0) 0.39 s.
+256 KiB is as fast as any and bounds the memory one PDU may claim."""
 
 NETWORK_TIMEOUT_S = 30.0
 """ACSE, DIMSE and idle-network timeout: a half-dead peer is dropped after this long."""
@@ -120,6 +121,7 @@ def start_server(
 
 def handle_echo(event: Event) -> int:
     """C-ECHO: always Success."""
+    log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
     return dimse_status.SUCCESS
 
 

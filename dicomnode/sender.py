@@ -154,7 +154,8 @@ def _send_one(assoc: Association, h: _Header) -> FileOutcome:
     try:
         ds: Dataset = dcmread(h.path)
         if h.syntax.is_compressed and syntax != h.syntax:
-            ds.decompress()
+            # Same instance in another transfer syntax: pydicom would otherwise mint a new UID.
+            ds.decompress(generate_instance_uid=False)
         rsp: Dataset = assoc.send_c_store(ds)
     except (OSError, InvalidDicomError, ValueError, NotImplementedError, RuntimeError) as exc:
         # RuntimeError: pynetdicom's answer when the peer aborted between our check and the send.

@@ -81,7 +81,8 @@ def build_sc(
         sop_instance_uid=result_uid("sc", study_uid, version, inputs, f"{sop_uid}/{parts}"),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
-        pixel_spacing=_pixel_spacing(source, source_shape, shape),
+        # highdicom annotates the spacing as ints; it writes any number as DS.
+        pixel_spacing=_pixel_spacing(source, source_shape, shape),  # type: ignore[arg-type]
         laterality=_laterality(source),
         patient_orientation=orientation or ("A", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
@@ -96,7 +97,7 @@ def build_sc(
     )
     if orientation is None:
         # highdicom demands an orientation; unknown is Type 2 empty, never a guess.
-        sc.PatientOrientation = None
+        sc.PatientOrientation = []
     sc.ImageType = ["DERIVED", "SECONDARY"]
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"

@@ -1,17 +1,14 @@
 """The study's Structured Report: a TID 1500 Measurement Report made with highdicom.
 
 Codes, and why:
-- Procedure reported: SCT 168537006 "Plain radiography" (CID 10005). No DICOM context group
-  lists a generic "radiography of wrist" procedure, and the LOINC/RadLex wrist codes fix a
-  number of views we do not know; the anatomy is in every group's finding site instead:
-  SCT 74670003 "Wrist joint" (CID 4009/4031, as the images' Anatomic Region Sequence).
-- Finding type, and its presence as a qualitative evaluation: SCT 125605004 "Fracture of bone"
-  with SCT 373066001 "Yes" / 373067005 "No" (CID 230).
-- Probability: DCM 122157 "Probability" with UCUM "1" ("no units").
+- Procedure reported: SCT 168537006 "Plain radiography" (CID 10005): no context group has a
+  generic wrist radiography procedure and LOINC/RadLex wrist codes fix a number of views; the
+  anatomy is each group's finding site, SCT 74670003 "Wrist joint" (CID 4009/4031).
+- Finding type and presence: SCT 125605004 "Fracture of bone" with SCT 373066001 "Yes" /
+  373067005 "No" (CID 230). Probability: DCM 122157 "Probability", UCUM "1" ("no units").
 - Level: no standard code names the product's operating points ("likely" at high specificity,
-  "possible" at high sensitivity), so a private scheme, 99WRISTAI, declared in the Coding Scheme
-  Identification Sequence.
-Views get the same operating points applied to their own calibrated probability.
+  "possible" at high sensitivity), so a private scheme 99WRISTAI, declared in the Coding Scheme
+  Identification Sequence. Views get the same operating points on their own probability.
 """
 
 from __future__ import annotations
@@ -23,13 +20,9 @@ from datetime import datetime
 import highdicom as hd
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DataElementSequence
 
-from dicomnode.identity import (
-    DISCLAIMER,
-    MANUFACTURER,
-    MODEL_NAME,
-    SERIES_DESCRIPTION_PREFIX,
-)
+from dicomnode.identity import DISCLAIMER, MANUFACTURER, MODEL_NAME, SERIES_DESCRIPTION_PREFIX
 from dicomnode.reports.uids import result_uid
 from pipeline.inference import BundleInfo, StudyPrediction
 
@@ -43,12 +36,12 @@ PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+IMAGING_MEASUREMENT_REPORT = hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report")
+PROCEDURE_REPORTED = hd.sr.CodedConcept("121058", "DCM", "Procedure reported")
+ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
 LEVEL = hd.sr.CodedConcept("LEVEL", PRIVATE_SCHEME, "Fracture suspicion level")
-LEVEL_TEXT = {
-    "likely": "Fracture likely",
-    "possible": "Fracture possible",
-    "negative": "No fracture detected",
-}
+LEVEL_TEXT = {"likely": "Fracture likely", "possible": "Fracture possible",
+              "negative": "No fracture detected"}  # fmt: skip
 LEVEL_VALUES = {
     level: hd.sr.CodedConcept(level.upper(), PRIVATE_SCHEME, text)
     for level, text in LEVEL_TEXT.items()
@@ -128,39 +121,19 @@ def build_not_analysed_sr(reason: str, context: ReportContext) -> Dataset:
         raise ValueError("an SR needs at least one source instance")
     # highdicom's MeasurementReport requires measurement groups, so the same root is assembled
     # from highdicom's own templates and content items.
-    root = hd.sr.ContainerContentItem(
-        name=hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report"),
-        template_id="1500",
-    )
-    content = hd.sr.ContentSequence()
-    content.extend(
-        hd.sr.LanguageOfContentItemAndDescendants(
-            hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
-        )
-    )
-    content.extend(_observation_context(context.bundle))
-    content.append(
-        hd.sr.CodeContentItem(
-            name=hd.sr.CodedConcept("121058", "DCM", "Procedure reported"),
-            value=PROCEDURE,
-            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
-        )
-    )
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    concept_mod = hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD
+    root = hd.sr.ContainerContentItem(name=IMAGING_MEASUREMENT_REPORT, template_id="1500")
+    root.ContentSequence = hd.sr.ContentSequence()
+    root.ContentSequence.extend(hd.sr.LanguageOfContentItemAndDescendants(ENGLISH))
+    root.ContentSequence.extend(_observation_context(context.bundle))
+    root.ContentSequence.append(hd.sr.CodeContentItem(PROCEDURE_REPORTED, PROCEDURE, concept_mod))
     evaluations = hd.sr.ContainerContentItem(
-        name=QUALITATIVE_EVALUATIONS,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        name=QUALITATIVE_EVALUATIONS, relationship_type=contains
     )
-    evaluations.ContentSequence = hd.sr.ContentSequence(
-        [
-            hd.sr.TextContentItem(
-                name=FINDING,
-                value=f"Not analysed: {reason}",
-                relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-            )
-        ]
-    )
-    content.append(evaluations)
-    root.ContentSequence = content
+    finding = hd.sr.TextContentItem(FINDING, f"Not analysed: {reason}", contains)
+    evaluations.ContentSequence = hd.sr.ContentSequence([finding])
+    root.ContentSequence.append(evaluations)
     return _document(root, context, "sr-not-analysed", reason)
 
 
@@ -225,7 +198,9 @@ def _group(
     )
 
 
-def _document(content: Dataset, context: ReportContext, kind: str, extra: str = "") -> Dataset:
+def _document(
+    content: Dataset | DataElementSequence, context: ReportContext, kind: str, extra: str = ""
+) -> Dataset:
     sources = list(context.sources)
     study_uid = str(sources[0].StudyInstanceUID)
     version = model_version(context.bundle)

@@ -45,38 +45,41 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-def test_serve_answers_echoscu_and_stops_on_sigterm(tmp_path: Path) -> None:
+def test_serve_stores_what_storescu_sends_and_stops_on_sigterm(
+    tmp_path: Path, synthetic_archive: Path
+) -> None:
+    from dicomnode.index import Index
+    from train.phantoms.archive import read_truth
+
     port = _free_port()
+    storage = tmp_path / "node"
     node = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomnode.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--storage",
-            str(tmp_path / "spool"),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        [sys.executable, "-m", "dicomnode.cli", "serve", "--port", str(port),
+         "--storage", str(storage)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    rows = [r for r in read_truth(synthetic_archive)
+            if not r["corrupt"] and r["transfer_syntax"] == "explicit_le"][:3]  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while True:
-            echo = subprocess.run(
-                ["echoscu", "-aec", "WRISTAI", "127.0.0.1", str(port)],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+            echo = subprocess.run(["echoscu", "-aec", "WRISTAI", "127.0.0.1", str(port)],
+                                  capture_output=True, text=True, timeout=30)  # fmt: skip
             if echo.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.3)
         assert echo.returncode == 0, echo.stderr
+        files = [str(synthetic_archive / r["path"]) for r in rows]
+        store = subprocess.run(["storescu", "-aec", "WRISTAI", "127.0.0.1", str(port), *files],
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert store.returncode == 0, store.stderr
     finally:
         node.terminate()
         _, err = node.communicate(timeout=30)
     assert node.returncode == 0
     assert "listening as WRISTAI" in err and "C-ECHO from ECHOSCU" in err
-    assert (tmp_path / "spool").is_dir()
+    index = Index(storage / "index.sqlite")
+    for row in rows:
+        stored = index.instances(row["study_instance_uid"])
+        assert row["sop_instance_uid"] in {i.sop_uid for i in stored}
+    assert not any(row["patient_id"] in err for row in rows)  # logs never name the patient

@@ -1,0 +1,246 @@
+"""The SR and Secondary Capture builders on a real synthetic study and the bundled demo model,
+checked by dciodvfy, dsrdump and highdicom after a round trip through bytes."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shutil
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dicomnode.identity import DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION_PREFIX
+from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
+from dicomnode.reports.overlay import output_shape
+from dicomnode.reports.sr import PROBABILITY, PROBABILITY_DIGITS
+from dicomnode.reports.uids import result_uid
+from pipeline.dicomio import read_radiograph
+from pipeline.inference import ModelBundle, StudyPrediction
+from train.phantoms.archive import generate_archive, read_truth
+
+BUNDLE = Path(__file__).resolve().parents[2] / "config" / "models" / "wrist-demo"
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    sources: list[pydicom.Dataset]
+    pixels: list[np.ndarray]
+    prediction: StudyPrediction
+    context: ReportContext
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Study:
+    archive = tmp_path_factory.mktemp("reports-archive")
+    generate_archive(archive, studies=12, seed=5, size="small", workers=1)
+    by_study: dict[str, list[Path]] = {}
+    for row in read_truth(archive):
+        if row["corrupt"] == "" and row["body_part"] == "wrist":
+            by_study.setdefault(row["study_instance_uid"], []).append(archive / row["path"])
+    bundle = ModelBundle.load(BUNDLE)
+    # Prefer a study with an image of two parts, so one SC carries two views.
+    for paths in sorted(by_study.values(), key=len, reverse=True):
+        if len(paths) < 2:
+            continue
+        radiographs = [read_radiograph(p) for p in sorted(paths)]
+        prediction = bundle.predict(radiographs)
+        if prediction.in_scope and len(prediction.views) >= 2:
+            sources = [pydicom.dcmread(p) for p in sorted(paths)]
+            context = ReportContext(sources=sources, bundle=bundle.info, institution="Test")
+            pixels = [r.pixels for r in radiographs]
+            return Study(sources, pixels, prediction, context)
+    pytest.fail("the synthetic archive has no analysable wrist study with 2+ instances")
+
+
+def _round_trip(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    path.write_bytes(buffer.getvalue())
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (dicom3tools) is not installed")
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, check=False)
+    text = (result.stderr + result.stdout).decode("latin-1")
+    return [line for line in text.splitlines() if line.startswith("Error")]
+
+
+def _dsrdump(path: Path) -> str:
+    if shutil.which("dsrdump") is None:
+        pytest.skip("dsrdump (dcmtk) is not installed")
+    result = subprocess.run(["dsrdump", "+Pl", str(path)], capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr.decode("latin-1")
+    return result.stdout.decode("utf-8", errors="replace")
+
+
+def test_result_uid_is_deterministic_and_valid() -> None:
+    uid = result_uid("sr", "1.2.3", "m 1.0", ["1.2.3.4", "1.2.3.5"])
+    assert uid == result_uid("sr", "1.2.3", "m 1.0", ["1.2.3.5", "1.2.3.4"])
+    assert uid.startswith("2.25.") and len(uid) <= 64
+    assert pydicom.uid.UID(uid).is_valid
+    others = {
+        result_uid("sr", "1.2.3", "m 1.1", ["1.2.3.4", "1.2.3.5"]),
+        result_uid("sr", "1.2.3", "m 1.0", ["1.2.3.4", "1.2.3.5", "1.2.3.6"]),
+        result_uid("sc", "1.2.3", "m 1.0", ["1.2.3.4", "1.2.3.5"]),
+        result_uid("sr", "1.2.3", "m 1.0", ["1.2.3.4", "1.2.3.5"], extra="x"),
+    }
+    assert uid not in others and len(others) == 4
+
+
+def test_sr_is_valid_and_carries_the_result(study: Study, tmp_path: Path) -> None:
+    path = tmp_path / "sr.dcm"
+    sr = _round_trip(build_sr(study.prediction, study.context), path)
+
+    assert _dciodvfy_errors(path) == []
+    dump = _dsrdump(path)
+    stored = round(study.prediction.probability, PROBABILITY_DIGITS)
+    assert "Fracture of bone" in dump and "Probability" in dump
+    assert f'"{stored}"' in dump
+
+    assert (sr.VerificationFlag, sr.CompletionFlag) == ("UNVERIFIED", "COMPLETE")
+    assert sr.Manufacturer == MANUFACTURER
+    assert sr.SeriesDescription == f"{SERIES_DESCRIPTION_PREFIX} - {DISCLAIMER}"
+    assert sr.StudyInstanceUID == study.sources[0].StudyInstanceUID
+    assert sr.SeriesInstanceUID not in {s.SeriesInstanceUID for s in study.sources}
+    assert int(sr.SeriesNumber) == 9901 and int(sr.InstanceNumber) == 1
+
+    parsed = hd.sr.srread(path)
+    report = parsed.content
+    measurement_groups = report.get_image_measurement_groups()
+    assert len(measurement_groups) == 1 + len(study.prediction.views)
+    by_label = {g.tracking_identifier: g for g in measurement_groups}
+    study_value = by_label["Study"].get_measurements(name=PROBABILITY)[0].value
+    assert study_value == pytest.approx(stored, abs=1e-9)
+    for index, view in enumerate(study.prediction.views, start=1):
+        label = f"View {index} (image part {view.view.part + 1} of {view.view.n_parts})"
+        group = by_label[label]
+        value = group.get_measurements(name=PROBABILITY)[0].value
+        assert value == pytest.approx(round(view.probability, PROBABILITY_DIGITS), abs=1e-9)
+        assert [s.referenced_sop_instance_uid for s in group.source_images] == [
+            view.view.sop_instance_uid
+        ]
+    referenced = {s.referenced_sop_instance_uid for s in by_label["Study"].source_images}
+    assert referenced == {str(s.SOPInstanceUID) for s in study.sources}
+    evidence = {uid for _, _, uid, _ in parsed.get_evidence()}
+    assert evidence == {str(s.SOPInstanceUID) for s in study.sources}
+
+
+def test_sr_uids_are_deterministic_and_versioned(study: Study) -> None:
+    first = build_sr(study.prediction, study.context)
+    again = build_sr(study.prediction, study.context)
+    assert first.SOPInstanceUID == again.SOPInstanceUID
+    newer = dataclasses.replace(study.context.bundle, version="9.9.9")
+    other = build_sr(study.prediction, dataclasses.replace(study.context, bundle=newer))
+    assert other.SOPInstanceUID != first.SOPInstanceUID
+    fewer = dataclasses.replace(study.context, sources=study.sources[:1])  # a late instance
+    views = tuple(
+        v
+        for v in study.prediction.views
+        if v.view.sop_instance_uid == study.sources[0].SOPInstanceUID
+    )
+    partial = dataclasses.replace(study.prediction, views=views)
+    assert build_sr(partial, fewer).SOPInstanceUID != first.SOPInstanceUID
+
+
+def test_sr_revision_references_its_predecessor(study: Study, tmp_path: Path) -> None:
+    first = _round_trip(build_sr(study.prediction, study.context), tmp_path / "first.dcm")
+    context = dataclasses.replace(study.context, predecessor=first)
+    path = tmp_path / "second.dcm"
+    second = _round_trip(build_sr(study.prediction, context), path)
+    assert second.SOPInstanceUID != first.SOPInstanceUID
+    item = second.PredecessorDocumentsSequence[0]
+    assert item.StudyInstanceUID == first.StudyInstanceUID
+    sop = item.ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert sop.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    assert int(second.InstanceNumber) == int(first.InstanceNumber) + 1
+    assert _dciodvfy_errors(path) == []
+
+
+def test_not_analysed_sr_states_the_reason(study: Study, tmp_path: Path) -> None:
+    reason = "no wrist view to analyse: body part CHEST"
+    path = tmp_path / "na.dcm"
+    sr = _round_trip(build_not_analysed_sr(reason, study.context), path)
+    assert _dciodvfy_errors(path) == []
+    assert reason in _dsrdump(path)
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.Manufacturer == MANUFACTURER
+    out_of_scope = dataclasses.replace(study.prediction, in_scope=False, reason=reason)
+    assert build_sr(out_of_scope, study.context).SOPInstanceUID == sr.SOPInstanceUID
+
+
+def _sc_for(study: Study, index: int = 0, **changes: object) -> tuple[pydicom.Dataset, int]:
+    view = dataclasses.replace(study.prediction.views[index], **changes)
+    position = [str(s.SOPInstanceUID) for s in study.sources].index(view.view.sop_instance_uid)
+    sc = build_sc(
+        view,
+        study.prediction,
+        study.sources[position],
+        study.pixels[position],
+        study.context,
+        instance_number=index + 1,
+    )
+    return sc, position
+
+
+def test_sc_is_valid_and_shows_the_source(study: Study, tmp_path: Path) -> None:
+    built, position = _sc_for(study)
+    path = tmp_path / "sc.dcm"
+    sc = _round_trip(built, path)
+    assert _dciodvfy_errors(path) == []
+    source = study.sources[position]
+    rows, columns = study.pixels[position].shape
+    assert (int(sc.Rows), int(sc.Columns)) == output_shape((rows, columns)) == (rows, columns)
+    assert int(sc.SamplesPerPixel) == 3 and sc.PhotometricInterpretation == "RGB"
+    assert sc.pixel_array.shape == (rows, columns, 3)
+    assert sc.BurnedInAnnotation == "YES" and list(sc.ImageType) == ["DERIVED", "SECONDARY"]
+    assert sc.ConversionType == "WSD" and sc.Manufacturer == MANUFACTURER
+    assert sc.StudyInstanceUID == source.StudyInstanceUID
+    assert sc.SeriesInstanceUID != source.SeriesInstanceUID
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert sc.SeriesDescription == f"{SERIES_DESCRIPTION_PREFIX} - {DISCLAIMER}"
+    grey = np.rint(np.clip(study.pixels[position], 0, 1) * 255)
+    top = slice(0, max(4, rows // 25))
+    assert np.abs(sc.pixel_array[top, :, 0].astype(float) - grey[top]).mean() > 5
+    assert built.SOPInstanceUID == _sc_for(study)[0].SOPInstanceUID
+    assert output_shape((3000, 2400)) == (2048, 1638)  # long sides are downscaled
+    assert output_shape((1000, 4096)) == (500, 2048)
+
+
+def test_sc_heat_map_lands_where_the_view_maps_it(study: Study) -> None:
+    view = study.prediction.views[0]
+    height, width = view.view.pixels.shape
+    uids = [str(s.SOPInstanceUID) for s in study.sources]
+    rows, columns = study.pixels[uids.index(view.view.sop_instance_uid)].shape
+    # A spot in the lower half (clear of the banner) that the transform moves far enough that
+    # an identity mapping would miss it.
+    for fx, fy in [(0.5, 0.7), (0.3, 0.8), (0.7, 0.6), (0.5, 0.55)]:
+        centre = np.array([[width * fx, height * fy]])
+        x, y = view.view.to_source(centre)[0]
+        opposite = (columns - 1 - x, rows - 1 - y)
+        moved = np.hypot(x - centre[0, 0], y - centre[0, 1])
+        if 0.25 * rows < y < rows - 8 and 8 < x < columns - 8 and moved > 12:
+            break
+    else:
+        pytest.skip("no test spot maps inside the image away from the banner")
+    assert np.hypot(opposite[0] - x, opposite[1] - y) > 60
+    heat = np.zeros((height, width), dtype=np.float32)
+    cx, cy = int(centre[0, 0]), int(centre[0, 1])
+    heat[cy - 8 : cy + 8, cx - 8 : cx + 8] = 1.0
+    blank, _ = _sc_for(study, heatmap=np.zeros_like(heat))
+    hot, _ = _sc_for(study, heatmap=heat)
+    diff = np.abs(hot.pixel_array.astype(int) - blank.pixel_array.astype(int)).sum(axis=2)
+
+    def around(px: float, py: float) -> float:
+        r, c = round(py), round(px)
+        return float(diff[max(0, r - 3) : r + 4, max(0, c - 3) : c + 4].mean())
+
+    assert around(x, y) > 60
+    assert around(*opposite) == 0
+    changed = np.argwhere(diff > 30)
+    assert np.abs(changed.mean(axis=0) - (y, x)).max() < 4
