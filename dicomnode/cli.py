@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +85,15 @@ def _check_config(config: Config, args: argparse.Namespace) -> int:
 
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
-    """Receive and keep studies until SIGTERM or SIGINT (analysis and reporting: next step)."""
+    """Receive, analyse and report until SIGTERM or SIGINT, then stop cleanly."""
     del args
-    from dicomnode.index import Index
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from dicomnode.completeness import CompletenessParams
     from dicomnode.scp import start_server
     from dicomnode.spool import Spool
+    from dicomnode.work_queue import WorkQueue
+    from dicomnode.worker import WorkerPool, database
 
     configure_logging(config.logging)
     root = config.storage.path
@@ -97,16 +102,30 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     dropped = spool.discard_partial()  # writes a crash interrupted were never acknowledged
     if dropped:
         log.warning("discarded %d partial file(s) left by an interrupted run", dropped)
-    index = Index(root / "index.sqlite")
-    server = start_server(config, spool, index)
-    log.info("storage in %s; %s", root, _counts(index))
+    queue = WorkQueue(database(config))
+    resumed = queue.recover()
+    if resumed:
+        log.info("resuming %d study(ies) interrupted during analysis", resumed)
+    pool = WorkerPool(config)
+    pool.start()
+    completeness = CompletenessParams(config.completeness.grace_seconds,
+                                      config.completeness.quiet_seconds)  # fmt: skip
+    scheduler = BackgroundScheduler()
+    scheduler.add_job(lambda: queue.promote_complete(time.time(), completeness), "interval",
+                      seconds=0.25, max_instances=1, coalesce=True)  # fmt: skip
+    scheduler.add_job(pool.supervise, "interval", seconds=2, max_instances=1, coalesce=True)
+    scheduler.start()
+    server = start_server(config, spool, queue)
+    log.info("storage in %s; %s", root, _counts(queue))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
-    log.info("stopping: no new associations; waiting for transfers in progress")
+    log.info("stopping: no new associations; letting the workers finish their current study")
     server.shutdown()
-    index.close()
+    scheduler.shutdown(wait=True)
+    pool.shutdown()
+    queue.close()
     return 0
 
 

@@ -126,6 +126,35 @@ class CompletenessSection(_Validated):
             raise FieldError("grace_seconds", self.grace_seconds, "must not exceed quiet_seconds")
 
 
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError("must be positive")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """The model bundle the node analyses with."""
+
+    bundle: Path = Path("config/models/wrist-demo")
+
+
+@dataclass(frozen=True)
+class AnalysisSection(_Validated):
+    """Analysis worker processes, isolated from the receiver."""
+
+    workers: int = _checked(1, check=_positive)
+
+
+@dataclass(frozen=True)
+class SendingSection(_Validated):
+    """Delivery of results to the destinations: exponential backoff, then give up."""
+
+    timeout_seconds: float = _checked(30.0, check=_positive)
+    initial_delay_seconds: float = _checked(30.0, check=_positive)
+    max_delay_seconds: float = _checked(3600.0, check=_positive)
+    give_up_after_seconds: float = _checked(86400.0, check=_positive)
+
+
 @dataclass(frozen=True)
 class LoggingSection:
     """Log verbosity and line format."""
@@ -141,6 +170,9 @@ class Config:
     node: NodeSection = field(default_factory=NodeSection)
     storage: StorageSection = field(default_factory=StorageSection)
     completeness: CompletenessSection = field(default_factory=CompletenessSection)
+    model: ModelSection = field(default_factory=ModelSection)
+    analysis: AnalysisSection = field(default_factory=AnalysisSection)
+    sending: SendingSection = field(default_factory=SendingSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     destinations: tuple[Destination, ...] = ()
 

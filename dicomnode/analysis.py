@@ -1,0 +1,99 @@
+"""One study's analysis: received instances in, result files (SR + Secondary Captures) out.
+
+The results are written to the results spool before the first send, so a crash or a PACS that
+is down never loses them. A study analysed again after late instances gets an SR that revises
+the earlier one (Predecessor Documents Sequence) rather than a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicomnode.index import InstanceRow
+from dicomnode.reports import ReportContext, build_sc, build_sr
+from dicomnode.spool import Spool
+from pipeline.dicomio import DicomImageError, Radiograph, read_radiograph
+from pipeline.inference import ModelBundle, StudyPrediction, ViewPrediction
+
+log = logging.getLogger("dicomnode.analysis")
+SR_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34"}
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    """What the analysis of one study produced."""
+
+    in_scope: bool
+    reason: str
+    files: tuple[Path, ...]
+    prediction: StudyPrediction | None
+
+
+def analyse_study(
+    study_uid: str, instances: list[InstanceRow], bundle: ModelBundle, results: Spool,
+    *, institution: str = "",
+) -> AnalysisOutcome:  # fmt: skip
+    """Analyse the study's received instances and write the result objects to `results`."""
+    sources: list[Dataset] = []
+    radiographs: list[Radiograph] = []
+    for instance in instances:
+        try:
+            dataset = pydicom.dcmread(instance.path)
+            radiograph = read_radiograph(dataset)
+        except (DicomImageError, OSError, ValueError) as exc:
+            log.warning(
+                "study %s: instance %s skipped: %s",
+                study_uid,
+                instance.sop_uid,
+                type(exc).__name__ if not isinstance(exc, DicomImageError) else exc,
+            )
+            continue
+        sources.append(dataset)
+        radiographs.append(radiograph)
+    if not radiographs:
+        return AnalysisOutcome(False, "no readable radiograph in the study", (), None)
+    prediction = bundle.predict(radiographs)
+    if not prediction.in_scope:
+        return AnalysisOutcome(False, prediction.reason, (), prediction)
+    context = ReportContext(sources=sources, bundle=bundle.info, institution=institution,
+                            predecessor=_previous_sr(results, study_uid))  # fmt: skip
+    written = [_write(results, build_sr(prediction, context))]
+    by_source: dict[str, list[ViewPrediction]] = defaultdict(list)
+    for view in prediction.views:
+        by_source[view.view.sop_instance_uid].append(view)
+    for number, (uid, views) in enumerate(sorted(by_source.items()), start=1):
+        index = next(i for i, r in enumerate(radiographs) if r.sop_instance_uid == uid)
+        sc = build_sc(views[0], prediction, sources[index], radiographs[index].pixels, context,
+                      instance_number=number, extra_views=tuple(views[1:]))  # fmt: skip
+        written.append(_write(results, sc))
+    log.info("study %s analysed: %s; %d result object(s)", study_uid, prediction.reason,
+             len(written))  # fmt: skip
+    return AnalysisOutcome(True, prediction.reason, tuple(written), prediction)
+
+
+def _write(results: Spool, dataset: Dataset) -> Path:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return results.store(str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID),
+                         buffer.getvalue())  # fmt: skip
+
+
+def _previous_sr(results: Spool, study_uid: str) -> Dataset | None:
+    """The latest SR this node made for the study, if any (for a revision)."""
+    folder = results.path(study_uid, "1").parent
+    latest: Dataset | None = None
+    for path in sorted(folder.glob("*.dcm")) if folder.exists() else []:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if str(ds.SOPClassUID) in SR_SOP_CLASSES and (
+            latest is None or int(ds.InstanceNumber) > int(latest.InstanceNumber)
+        ):
+            latest = ds
+    return latest

@@ -1,0 +1,157 @@
+"""The durable work queue on top of the index: study claims and result deliveries.
+
+States move receiving -> complete (the completeness timer) -> analysing (a worker's claim) ->
+sending (results on disk) -> done or failed; out_of_scope when no wrist view was found. Every
+move is one SQLite transaction, so a crash leaves each study in a state that `recover` resumes:
+a study caught analysing is analysed again (result UIDs are deterministic, a resend is
+idempotent), deliveries not yet made are retried.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomnode.completeness import CompletenessParams, is_study_complete
+from dicomnode.index import Index, StudyRow
+from dicomnode.retry import RetryPolicy, next_attempt_at
+
+_DELIVERIES = """
+CREATE TABLE IF NOT EXISTS deliveries (study_uid TEXT NOT NULL, destination TEXT NOT NULL,
+    files TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_failure_at REAL,
+    next_attempt_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+    reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (study_uid, destination));
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Results of one study for one destination (`AET@HOST:PORT`)."""
+
+    study_uid: str
+    destination: str
+    files: tuple[Path, ...]
+    attempts: int
+    first_failure_at: float | None
+
+
+class WorkQueue(Index):
+    """The index plus the operations of the analysis and sending side."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        with self._transaction() as db:
+            db.execute(_DELIVERIES)
+
+    def promote_complete(self, now: float, params: CompletenessParams) -> list[str]:
+        """Move every receiving study that is complete at `now` to 'complete'."""
+        ready = [s.study_uid for s in self.studies_in_state("receiving")
+                 if is_study_complete(s, now, params)]  # fmt: skip
+        for uid in ready:
+            with self._transaction() as db:
+                db.execute(
+                    "UPDATE studies SET state = 'complete', state_changed_at = ? "
+                    "WHERE study_uid = ? AND state = 'receiving'",
+                    (now, uid),
+                )
+        return ready
+
+    def claim(self, now: float | None = None) -> StudyRow | None:
+        """Atomically take the oldest complete study for analysis (clears needs_revision)."""
+        at = time.time() if now is None else now
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT study_uid FROM studies WHERE state = 'complete' "
+                "ORDER BY state_changed_at LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE studies SET state = 'analysing', state_changed_at = ?, needs_revision = 0"
+                " WHERE study_uid = ?",
+                (at, row[0]),
+            )
+        return self.study(row[0])
+
+    def recover(self) -> int:
+        """At start-up: studies caught mid-analysis are analysed again."""
+        with self._transaction() as db:
+            cursor = db.execute("UPDATE studies SET state = 'complete' WHERE state = 'analysing'")
+            return cursor.rowcount
+
+    def schedule(self, study_uid: str, destinations: list[str], files: list[Path],
+                 now: float) -> None:  # fmt: skip
+        """Results are on disk: deliver `files` to every destination, starting now."""
+        listing = "\n".join(str(f) for f in files)
+        with self._transaction() as db:
+            db.execute("DELETE FROM deliveries WHERE study_uid = ?", (study_uid,))
+            for destination in destinations:
+                db.execute(
+                    "INSERT INTO deliveries (study_uid, destination, files, next_attempt_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (study_uid, destination, listing, now),
+                )
+            state, reason = ("sending", "") if destinations else ("done", "no destination")
+            db.execute(
+                "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
+                "WHERE study_uid = ? AND state = 'analysing'",
+                (state, reason, now, study_uid),
+            )
+
+    def due(self, now: float) -> list[Delivery]:
+        """Pending deliveries whose next attempt is due."""
+        rows = self._query(
+            "SELECT study_uid, destination, files, attempts, first_failure_at FROM deliveries "
+            "WHERE status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at",
+            (now,),
+        )
+        return [Delivery(r[0], r[1], tuple(Path(p) for p in r[2].splitlines()), r[3], r[4])
+                for r in rows]  # fmt: skip
+
+    def record_attempt(self, delivery: Delivery, *, sent: bool, reason: str, now: float,
+                       policy: RetryPolicy, random_unit: float = 0.5,
+                       give_up: bool = False) -> str:  # fmt: skip
+        """Record one attempt; returns the delivery's new status: sent, pending or failed."""
+        attempts = delivery.attempts + 1
+        first = delivery.first_failure_at
+        if sent:
+            status, next_at = "sent", now
+        else:
+            first = now if first is None else first
+            at = next_attempt_at(policy, first_failure_at=first, attempts=attempts, now=now,
+                                 random_unit=random_unit)  # fmt: skip
+            status, next_at = ("failed", now) if at is None or give_up else ("pending", at)
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE deliveries SET attempts = ?, first_failure_at = ?, next_attempt_at = ?, "
+                "status = ?, reason = ? WHERE study_uid = ? AND destination = ?",
+                (attempts, first, next_at, status, reason, delivery.study_uid,
+                 delivery.destination),
+            )  # fmt: skip
+            states = [
+                r[0]
+                for r in db.execute(
+                    "SELECT status FROM deliveries WHERE study_uid = ?", (delivery.study_uid,)
+                )
+            ]
+            if all(s != "pending" for s in states):
+                final = "done" if all(s == "sent" for s in states) else "failed"
+                failed = db.execute(
+                    "SELECT destination || ': ' || reason FROM deliveries "
+                    "WHERE study_uid = ? AND status = 'failed'", (delivery.study_uid,),
+                ).fetchall()  # fmt: skip
+                db.execute(
+                    "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
+                    "WHERE study_uid = ? AND state = 'sending'",
+                    (final, "; ".join(r[0] for r in failed), now, delivery.study_uid),
+                )
+        return status
+
+    def backlog(self) -> dict[str, int]:
+        """Pending deliveries per destination."""
+        rows = self._query(
+            "SELECT destination, COUNT(*) FROM deliveries WHERE status = 'pending' "
+            "GROUP BY destination"
+        )
+        return {r[0]: int(r[1]) for r in rows}

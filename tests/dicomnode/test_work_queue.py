@@ -1,0 +1,94 @@
+"""The work queue: completeness promotion, claims, crash recovery and delivery bookkeeping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomnode.completeness import CompletenessParams
+from dicomnode.retry import RetryPolicy
+from dicomnode.work_queue import WorkQueue
+
+PARAMS = CompletenessParams(grace_seconds=2.0, quiet_seconds=30.0)
+POLICY = RetryPolicy(initial_delay_s=30.0, max_delay_s=3600.0, give_up_after_s=86400.0,
+                     jitter=0.0)  # fmt: skip
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> WorkQueue:
+    q = WorkQueue(tmp_path / "index.sqlite")
+    for study, at in (("1.1", 100.0), ("1.2", 105.0)):
+        q.record_instance(sop_uid=f"{study}.1", study_uid=study, series_uid=f"{study}.9",
+                          sop_class_uid="1.2.840.10008.5.1.4.1.1.1", path=tmp_path / "x.dcm",
+                          calling_aet="MODALITY", association_id=f"a{study}", received_at=at,
+                          ours=False)  # fmt: skip
+    return q
+
+
+def test_promotion_follows_the_completeness_rule(queue: WorkQueue) -> None:
+    assert queue.promote_complete(120.0, PARAMS) == []
+    queue.association_closed("a1.1", 101.0, released=True)
+    assert queue.promote_complete(102.5, PARAMS) == ["1.1"]
+    assert queue.study("1.1").state == "complete"  # type: ignore[union-attr]
+    assert queue.promote_complete(135.0, PARAMS) == ["1.2"]  # the quiet period
+
+
+def test_claims_are_exclusive_and_recovered_after_a_crash(queue: WorkQueue, tmp_path: Path) -> None:
+    queue.promote_complete(1000.0, PARAMS)
+    first = queue.claim(now=1001.0)
+    second = queue.claim(now=1001.0)
+    assert first and second and first.study_uid != second.study_uid
+    assert queue.claim(now=1002.0) is None
+    assert first.state == "analysing"
+    restarted = WorkQueue(tmp_path / "index.sqlite")  # another process after a kill -9
+    assert restarted.recover() == 2
+    assert {s.study_uid for s in restarted.studies_in_state("complete")} == {"1.1", "1.2"}
+
+
+def _analysed(queue: WorkQueue) -> str:
+    queue.promote_complete(1000.0, PARAMS)
+    study = queue.claim(now=1000.0)
+    assert study is not None
+    return study.study_uid
+
+
+def test_no_destination_means_done_with_the_reason(queue: WorkQueue) -> None:
+    uid = _analysed(queue)
+    queue.schedule(uid, [], [Path("r.dcm")], now=1001.0)
+    study = queue.study(uid)
+    assert study and study.state == "done" and study.reason == "no destination"
+
+
+def test_delivery_retries_back_off_then_succeed(queue: WorkQueue) -> None:
+    uid = _analysed(queue)
+    queue.schedule(uid, ["PACS@h:104", "ARCHIVE@h:105"], [Path("sr.dcm"), Path("sc.dcm")],
+                   now=1001.0)  # fmt: skip
+    assert queue.study(uid).state == "sending"  # type: ignore[union-attr]
+    due = queue.due(1001.0)
+    assert {d.destination for d in due} == {"PACS@h:104", "ARCHIVE@h:105"}
+    assert due[0].files == (Path("sr.dcm"), Path("sc.dcm"))
+    pacs = next(d for d in due if d.destination == "PACS@h:104")
+    archive = next(d for d in due if d.destination == "ARCHIVE@h:105")
+    assert queue.record_attempt(archive, sent=True, reason="", now=1001.0, policy=POLICY) == "sent"
+    status = queue.record_attempt(pacs, sent=False, reason="connection refused", now=1001.0,
+                                  policy=POLICY)  # fmt: skip
+    assert status == "pending" and queue.study(uid).state == "sending"  # type: ignore[union-attr]
+    assert queue.due(1020.0) == [] and queue.backlog() == {"PACS@h:104": 1}
+    retry = queue.due(1031.0)
+    assert len(retry) == 1 and retry[0].attempts == 1
+    assert queue.record_attempt(retry[0], sent=True, reason="", now=1031.0, policy=POLICY) == "sent"
+    assert queue.study(uid).state == "done"  # type: ignore[union-attr]
+
+
+def test_delivery_gives_up_and_says_why(queue: WorkQueue) -> None:
+    uid = _analysed(queue)
+    queue.schedule(uid, ["PACS@h:104"], [Path("sr.dcm")], now=1000.0)
+    delivery = queue.due(1000.0)[0]
+    queue.record_attempt(delivery, sent=False, reason="refused 0xA700", now=1000.0, policy=POLICY)
+    late = queue.due(1000.0 + 86400.0)[0]
+    status = queue.record_attempt(late, sent=False, reason="refused 0xA700", now=1000.0 + 86400.0,
+                                  policy=POLICY)  # fmt: skip
+    study = queue.study(uid)
+    assert status == "failed" and study and study.state == "failed"
+    assert "PACS@h:104: refused 0xA700" in study.reason

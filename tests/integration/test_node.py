@@ -1,0 +1,116 @@
+"""The node end to end: storescu -> node -> analysis -> SR + SCs in a real Orthanc."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from dicomnode.index import Index
+from tests.integration.orthanc import OrthancServer
+from train.phantoms.archive import read_truth
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+NATIVE = ("explicit_le", "implicit_le")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_node(tmp_path: Path, orthanc: OrthancServer) -> tuple[subprocess.Popen[str], int]:
+    port = _free_port()
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\nport = {port}\n[storage]\npath = "{tmp_path / "node"}"\n'
+        "[completeness]\ngrace_seconds = 0.5\nquiet_seconds = 10.0\n"
+        f'[model]\nbundle = "{ROOT / "config" / "models" / "wrist-demo"}"\n'
+        "[sending]\ninitial_delay_seconds = 1.0\n"
+        f'[[destinations]]\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\n'
+        f"port = {orthanc.dicom_port}\n",
+        encoding="utf-8",
+    )
+    node = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "serve", "--config",
+                             str(config)], stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        echo = subprocess.run(["echoscu", "-aec", "WRISTAI", "127.0.0.1", str(port)],
+                              capture_output=True, timeout=30)  # fmt: skip
+        if echo.returncode == 0:
+            return node, port
+        time.sleep(0.3)
+    node.kill()
+    raise AssertionError(f"the node did not start: {node.communicate()[1][-2000:]}")
+
+
+def _send(port: int, files: list[Path]) -> None:
+    command = ["storescu", "-aec", "WRISTAI", "127.0.0.1", str(port), *map(str, files)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def _modalities(orthanc: OrthancServer) -> list[str]:
+    return sorted(orthanc.get(f"/instances/{i}/simplified-tags")["Modality"]
+                  for i in orthanc.instances())  # fmt: skip
+
+
+def _wait_for(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_a_wrist_study_comes_back_as_sr_and_secondary_captures(
+    tmp_path: Path, orthanc: OrthancServer, synthetic_archive: Path
+) -> None:
+    studies: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in read_truth(synthetic_archive):
+        if not row["corrupt"] and row["transfer_syntax"] in NATIVE:
+            studies[row["study_instance_uid"]].append(row)
+    wrist = next(r for r in studies.values() if r[0]["body_part"] == "wrist")
+    other = next(r for r in studies.values() if r[0]["body_part"] != "wrist")
+    node, port = _start_node(tmp_path, orthanc)
+    try:
+        _send(port, [synthetic_archive / r["path"] for r in wrist])
+        _send(port, [synthetic_archive / r["path"] for r in other])
+        assert _wait_for(lambda: "SR" in _modalities(orthanc), 120), _modalities(orthanc)
+        assert _wait_for(lambda: _modalities(orthanc).count("OT") >= len(wrist), 30)
+        index = Index(tmp_path / "node" / "index.sqlite")
+        assert _wait_for(lambda: index.study(wrist[0]["study_instance_uid"]).state == "done", 30)
+        out = index.study(other[0]["study_instance_uid"])
+        assert out is not None and out.state == "out_of_scope" and out.reason
+        # Nothing was sent for the chest/pelvis/skull study.
+        stored = {orthanc.get(f"/instances/{i}/simplified-tags")["StudyInstanceUID"]
+                  for i in orthanc.instances()}  # fmt: skip
+        assert stored == {wrist[0]["study_instance_uid"]}
+        # Our own results routed back to us are kept but never analysed again.
+        sc_id = next(
+            i
+            for i in orthanc.instances()
+            if orthanc.get(f"/instances/{i}/simplified-tags")["Modality"] == "OT"
+        )
+        sc_file = tmp_path / "sc.dcm"
+        with urllib.request.urlopen(f"{orthanc.url}/instances/{sc_id}/file", timeout=30) as r:
+            sc_file.write_bytes(r.read())
+        before = len(orthanc.instances())
+        _send(port, [sc_file])
+        time.sleep(3)
+        assert index.study(wrist[0]["study_instance_uid"]).state == "done"  # type: ignore[union-attr]
+        assert len(orthanc.instances()) == before
+    finally:
+        node.terminate()
+        _, err = node.communicate(timeout=60)
+    assert node.returncode == 0, err[-2000:]
+    assert all(r["patient_id"] not in err for r in wrist + other)
