@@ -43,6 +43,16 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration and print it")
     _add_config_flags(check)
     check.set_defaults(run=_check_config)
+
+    status = commands.add_parser("status", help="studies per state, backlog, recent failures")
+    _add_config_flags(status)
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(run=_status)
+
+    resend = commands.add_parser("resend", help="analyse and send a study again")
+    _add_config_flags(resend)
+    resend.add_argument("study_uid", metavar="STUDY_UID")
+    resend.set_defaults(run=_resend)
     return parser
 
 
@@ -81,6 +91,23 @@ def _config_from(args: argparse.Namespace) -> Config:
 def _check_config(config: Config, args: argparse.Namespace) -> int:
     del args
     print(config)
+    return 0
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    import json
+
+    from dicomnode.operations import format_status, status
+
+    report = status(config)
+    print(json.dumps(report) if args.json else format_status(report))
+    return 0
+
+
+def _resend(config: Config, args: argparse.Namespace) -> int:
+    from dicomnode.operations import resend
+
+    print(resend(config, args.study_uid))
     return 0
 
 

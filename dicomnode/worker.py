@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import random
 import time
 from multiprocessing.synchronize import Event as EventType
@@ -45,8 +46,9 @@ def destination_key(destination: Destination) -> str:
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
-def run_worker(config: Config, stop: EventType) -> None:
-    """The worker loop (a process target); returns when `stop` is set."""
+def run_worker(config: Config, stop: EventType, parent: int) -> None:
+    """The worker loop (a process target); returns when `stop` is set or the service that
+    started it is gone (killed with -9: an orphan must not keep working on the queue)."""
     configure_logging(config.logging)
     queue = WorkQueue(database(config))
     results = Spool(config.storage.path / "results")
@@ -54,7 +56,7 @@ def run_worker(config: Config, stop: EventType) -> None:
     destinations = {destination_key(d): d for d in config.destinations}
     policy = retry_policy(config)
     log.info("worker ready with model %s %s", bundle.info.name, bundle.info.version)
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:
         worked = analyse_next(queue, bundle, results, list(destinations))
         worked = deliver_due(queue, destinations, config, policy) or worked
         if not worked:
@@ -149,7 +151,8 @@ class WorkerPool:
                 process.terminate()
 
     def _spawn(self) -> multiprocessing.process.BaseProcess:
-        process = self.context.Process(target=run_worker, args=(self.config, self.stop),
+        process = self.context.Process(target=run_worker,
+                                       args=(self.config, self.stop, os.getpid()),
                                        name="dicomnode-worker", daemon=True)  # fmt: skip
         process.start()
         return process

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,53 @@ def test_a_wrist_study_comes_back_as_sr_and_secondary_captures(
         _, err = node.communicate(timeout=60)
     assert node.returncode == 0, err[-2000:]
     assert all(r["patient_id"] not in err for r in wrist + other)
+
+
+def test_restart_mid_study_loses_nothing_and_late_instances_revise_the_sr(
+    tmp_path: Path, orthanc: OrthancServer, synthetic_archive: Path
+) -> None:
+    studies: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in read_truth(synthetic_archive):
+        if not row["corrupt"] and row["transfer_syntax"] in NATIVE:
+            studies[row["study_instance_uid"]].append(row)
+    rows = next(r for r in studies.values() if r[0]["body_part"] == "wrist" and len(r) >= 3)
+    first, second, late = rows[:1], rows[1:-1], rows[-1:]
+    node, port = _start_node(tmp_path, orthanc)
+    _send(port, [synthetic_archive / r["path"] for r in first])
+    node.kill()  # kill -9 in the middle of the study (its worker notices and exits)
+    node.wait(timeout=30)
+    assert node.stderr is not None
+    node.stderr.close()
+    node, port = _start_node(tmp_path, orthanc)
+    uid = rows[0]["study_instance_uid"]
+    index = Index(tmp_path / "node" / "index.sqlite")
+
+    def done_with(n: int) -> bool:
+        study = index.study(uid)
+        return study is not None and study.state == "done" and study.n_instances == n
+
+    try:
+        _send(port, [synthetic_archive / r["path"] for r in second])
+        assert _wait_for(lambda: done_with(len(first) + len(second)), 120)
+        before = _latest_sr(orthanc)
+        evidence = {ref["ReferencedSOPInstanceUID"]
+                    for series in before["CurrentRequestedProcedureEvidenceSequence"]
+                    for s in series["ReferencedSeriesSequence"]
+                    for ref in s["ReferencedSOPSequence"]}  # fmt: skip
+        assert {r["sop_instance_uid"] for r in first + second} <= evidence  # nothing lost
+        _send(port, [synthetic_archive / r["path"] for r in late])
+        assert _wait_for(lambda: done_with(len(rows)), 120)
+        after = _latest_sr(orthanc)
+        assert after["SOPInstanceUID"] != before["SOPInstanceUID"]
+        predecessor = after["PredecessorDocumentsSequence"][0]
+        referenced = predecessor["ReferencedSeriesSequence"][0]["ReferencedSOPSequence"][0]
+        assert referenced["ReferencedSOPInstanceUID"] == before["SOPInstanceUID"]
+    finally:
+        node.terminate()
+        node.communicate(timeout=60)
+
+
+def _latest_sr(orthanc: OrthancServer) -> dict[str, Any]:
+    reports = [orthanc.get(f"/instances/{i}/tags?simplify") for i in orthanc.instances()]
+    srs = [r for r in reports if r["Modality"] == "SR"]
+    return max(srs, key=lambda r: int(r["InstanceNumber"]))

@@ -1,0 +1,72 @@
+"""What admins ask of a running (or stopped) node: `status` and `resend`, from the database."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dicomnode.config import Config
+from dicomnode.work_queue import WorkQueue
+from dicomnode.worker import database
+
+WAITING = ("receiving", "complete", "analysing", "sending")
+
+
+def status(config: Config, *, now: float | None = None, recent: int = 10) -> dict[str, Any]:
+    """Counts per state, the oldest waiting study, recent failures, per-destination backlog."""
+    at = time.time() if now is None else now
+    queue = WorkQueue(database(config))
+    try:
+        counts = queue.counts()
+        waiting = queue.studies_in_state(*WAITING)
+        oldest = min(waiting, key=lambda s: s.first_received, default=None)
+        failed = sorted(queue.studies_in_state("failed"), key=lambda s: s.state_changed_at,
+                        reverse=True)[:recent]  # fmt: skip
+        return {
+            "counts": counts,
+            "oldest_waiting": None if oldest is None else {
+                "study_instance_uid": oldest.study_uid, "state": oldest.state,
+                "waiting_seconds": round(at - oldest.first_received, 1),
+            },
+            "recent_failures": [
+                {"study_instance_uid": s.study_uid, "reason": s.reason,
+                 "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(s.state_changed_at))}
+                for s in failed
+            ],
+            "backlog": queue.backlog(),
+        }  # fmt: skip
+    finally:
+        queue.close()
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The human-readable `dicomnode status`."""
+    counts = report["counts"]
+    lines = ["studies: " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "instances")
+             + f"; instances {counts.get('instances', 0)}"]  # fmt: skip
+    oldest = report["oldest_waiting"]
+    lines.append("oldest waiting: " + ("none" if oldest is None else
+                 f"{oldest['study_instance_uid']} ({oldest['state']}, "
+                 f"{oldest['waiting_seconds']:.0f} s)"))  # fmt: skip
+    backlog = report["backlog"]
+    lines.append("backlog: " + (", ".join(f"{k} {v}" for k, v in backlog.items()) or "none"))
+    for failure in report["recent_failures"]:
+        lines.append(f"failed {failure['at']} {failure['study_instance_uid']}: "
+                     f"{failure['reason']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def resend(config: Config, study_uid: str) -> str:
+    """Analyse and send a study again; its result UIDs are deterministic, so PACS that already
+    hold them are not given duplicates. Returns what was done."""
+    queue = WorkQueue(database(config))
+    try:
+        study = queue.study(study_uid)
+        if study is None:
+            return f"no study {study_uid} in this node's index"
+        if study.state in ("complete", "analysing"):
+            return f"study {study_uid} is already queued ({study.state})"
+        queue.set_state(study_uid, "complete", reason="resend requested")
+        return f"study {study_uid} queued again (was {study.state}); a running node picks it up"
+    finally:
+        queue.close()
