@@ -35,5 +35,7 @@ def configure_logging(section: LoggingSection) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(section.level)
-    # pynetdicom narrates every PDU at INFO; keep its warnings only.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    # pynetdicom narrates every PDU, apscheduler every timer tick, highdicom every copied
+    # module at INFO: their warnings only.
+    for chatty in ("pynetdicom", "apscheduler", "highdicom"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
