@@ -19,12 +19,14 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-# Real peers the tests talk to: dcmtk (storescu, echoscu, dcmcjpeg), Orthanc, dicom3tools (dciodvfy).
+# Real peers the tests talk to: dcmtk (storescu, echoscu, dcmcjpeg), Orthanc, dicom3tools
+# (dciodvfy), systemd-analyze (the unit file).
 debian-tools:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

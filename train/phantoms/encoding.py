@@ -126,8 +126,8 @@ def _voi_lut_item(low: float, span: float) -> Dataset:
     item.LUTDescriptor = [entries, first, 16]
     item["LUTDescriptor"].VR = "US"
     item.LUTExplanation = "Synthetic bone VOI"
-    item.LUTData = data.tolist()
-    item["LUTData"].VR = "US"
+    # OW, not US: a US element's 16-bit length cannot hold more than 32767 entries.
+    item.add_new("LUTData", "OW", data.astype("<u2").tobytes())
     return item
 
 
