@@ -65,7 +65,7 @@ def _node(tmp: Path, destination: OrthancServer | None) -> tuple[subprocess.Pope
     port = _port()
     config = tmp / f"node-{port}.toml"
     lines = [f"[node]\nport = {port}\n[storage]\npath = \"{tmp / f'node-{port}'}\"\n",
-             "[logging]\nlevel = \"WARNING\"\n"]  # fmt: skip
+             "[logging]\nlevel = \"WARNING\"\n[http]\nport = 0\n"]  # fmt: skip
     if destination:
         lines.append(f'[[destinations]]\nae_title = "{destination.aet}"\nhost = "127.0.0.1"\n'
                      f"port = {destination.dicom_port}\n")  # fmt: skip

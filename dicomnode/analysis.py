@@ -8,8 +8,9 @@ the earlier one (Predecessor Documents Sequence) rather than a duplicate.
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -33,6 +34,8 @@ class AnalysisOutcome:
     reason: str
     files: tuple[Path, ...]
     prediction: StudyPrediction | None
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: preprocess (decoding included), inference, report."""
 
 
 def analyse_study(
@@ -40,6 +43,8 @@ def analyse_study(
     *, institution: str = "",
 ) -> AnalysisOutcome:  # fmt: skip
     """Analyse the study's received instances and write the result objects to `results`."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
     sources: list[Dataset] = []
     radiographs: list[Radiograph] = []
     for instance in instances:
@@ -58,9 +63,12 @@ def analyse_study(
         radiographs.append(radiograph)
     if not radiographs:
         return AnalysisOutcome(False, "no readable radiograph in the study", (), None)
-    prediction = bundle.predict(radiographs)
+    decoded = time.perf_counter() - started
+    prediction = bundle.predict(radiographs, timings=timings)
+    timings["preprocess"] = timings.get("preprocess", 0.0) + decoded
     if not prediction.in_scope:
-        return AnalysisOutcome(False, prediction.reason, (), prediction)
+        return AnalysisOutcome(False, prediction.reason, (), prediction, timings)
+    reporting = time.perf_counter()
     context = ReportContext(sources=sources, bundle=bundle.info, institution=institution,
                             predecessor=_previous_sr(results, study_uid))  # fmt: skip
     written = [_write(results, build_sr(prediction, context))]
@@ -72,9 +80,10 @@ def analyse_study(
         sc = build_sc(views[0], prediction, sources[index], radiographs[index].pixels, context,
                       instance_number=number, extra_views=tuple(views[1:]))  # fmt: skip
         written.append(_write(results, sc))
+    timings["report"] = time.perf_counter() - reporting
     log.info("study %s analysed: %s; %d result object(s)", study_uid, prediction.reason,
              len(written))  # fmt: skip
-    return AnalysisOutcome(True, prediction.reason, tuple(written), prediction)
+    return AnalysisOutcome(True, prediction.reason, tuple(written), prediction, timings)
 
 
 def _write(results: Spool, dataset: Dataset) -> Path:

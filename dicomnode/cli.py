@@ -62,6 +62,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="override node.host (listening address)")
     parser.add_argument("--port", type=int, help="override node.port")
     parser.add_argument("--storage", type=Path, help="override storage.path")
+    parser.add_argument("--http-port", type=int, help="override http.port (0: off)")
+    parser.add_argument("--model", type=Path, help="override model.bundle")
     parser.add_argument(
         "--destination",
         action="append",
@@ -83,6 +85,10 @@ def _config_from(args: argparse.Namespace) -> Config:
         changes["node"] = node
     if args.storage is not None:
         changes["storage"] = {"path": args.storage}
+    if args.http_port is not None:
+        changes["http"] = {"port": args.http_port}
+    if args.model is not None:
+        changes["model"] = {"bundle": args.model}
     if args.destination:
         changes["destinations"] = tuple(Destination.parse(d) for d in args.destination)
     return with_overrides(config, **changes) if changes else config
@@ -143,6 +149,13 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     scheduler.add_job(pool.supervise, "interval", seconds=2, max_instances=1, coalesce=True)
     scheduler.start()
     server = start_server(config, spool, queue)
+    http = None
+    if config.http.port:
+        from dicomnode.health import health, start_http
+
+        expected = config.analysis.workers
+        http = start_http(config.http.host, config.http.port, queue, root / "spool",
+                          lambda: health(pool.alive, expected, queue))  # fmt: skip
     log.info("storage in %s; %s", root, _counts(queue))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -150,6 +163,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     stop.wait()
     log.info("stopping: no new associations; letting the workers finish their current study")
     server.shutdown()
+    if http is not None:
+        http.shutdown()
     scheduler.shutdown(wait=True)
     pool.shutdown()
     queue.close()

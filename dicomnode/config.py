@@ -131,6 +131,19 @@ def _positive(value: float) -> None:
         raise ValueError("must be positive")
 
 
+def _port_or_zero(value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port between 1 and 65535, or 0 to turn it off")
+
+
+@dataclass(frozen=True)
+class HttpSection(_Validated):
+    """The local health and metrics endpoint (/healthz, /metrics)."""
+
+    host: str = "127.0.0.1"
+    port: int = _checked(9110, check=_port_or_zero)
+
+
 @dataclass(frozen=True)
 class ModelSection:
     """The model bundle the node analyses with."""
@@ -170,6 +183,7 @@ class Config:
     node: NodeSection = field(default_factory=NodeSection)
     storage: StorageSection = field(default_factory=StorageSection)
     completeness: CompletenessSection = field(default_factory=CompletenessSection)
+    http: HttpSection = field(default_factory=HttpSection)
     model: ModelSection = field(default_factory=ModelSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
     sending: SendingSection = field(default_factory=SendingSection)

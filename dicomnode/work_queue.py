@@ -17,6 +17,13 @@ from dicomnode.completeness import CompletenessParams, is_study_complete
 from dicomnode.index import Index, StudyRow
 from dicomnode.retry import RetryPolicy, next_attempt_at
 
+_TIMINGS = """
+CREATE TABLE IF NOT EXISTS stage_timings (study_uid TEXT NOT NULL, stage TEXT NOT NULL,
+    seconds REAL NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS stage_timings_at ON stage_timings (at);
+"""
+STAGES = ("receive", "wait", "preprocess", "inference", "report", "send")
+
 _DELIVERIES = """
 CREATE TABLE IF NOT EXISTS deliveries (study_uid TEXT NOT NULL, destination TEXT NOT NULL,
     files TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_failure_at REAL,
@@ -43,6 +50,9 @@ class WorkQueue(Index):
         super().__init__(path)
         with self._transaction() as db:
             db.execute(_DELIVERIES)
+            for statement in _TIMINGS.split(";"):
+                if statement.strip():
+                    db.execute(statement)
 
     def promote_complete(self, now: float, params: CompletenessParams) -> list[str]:
         """Move every receiving study that is complete at `now` to 'complete'."""
@@ -147,6 +157,28 @@ class WorkQueue(Index):
                     (final, "; ".join(r[0] for r in failed), now, delivery.study_uid),
                 )
         return status
+
+    def record_timing(self, study_uid: str, stage: str, seconds: float, at: float) -> None:
+        """One stage's duration for a study (the metrics endpoint's histograms)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        with self._transaction() as db:
+            db.execute("INSERT INTO stage_timings VALUES (?, ?, ?, ?)",
+                       (study_uid, stage, seconds, at))  # fmt: skip
+
+    def timings(self, since: float = 0.0) -> list[tuple[str, float]]:
+        """(stage, seconds) recorded since `since`."""
+        rows = self._query("SELECT stage, seconds FROM stage_timings WHERE at >= ?", (since,))
+        return [(r[0], float(r[1])) for r in rows]
+
+    def failure_reasons(self) -> dict[str, int]:
+        """Failed studies by the first part of their reason."""
+        rows = self._query("SELECT reason FROM studies WHERE state = 'failed'")
+        counts: dict[str, int] = {}
+        for (reason,) in rows:
+            key = (reason.split(":")[0] or "unknown")[:60]
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def backlog(self) -> dict[str, int]:
         """Pending deliveries per destination."""

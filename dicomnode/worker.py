@@ -70,12 +70,18 @@ def analyse_next(queue: WorkQueue, bundle: ModelBundle, results: Spool,
     study = queue.claim()
     if study is None:
         return False
+    claimed = time.time()
+    queue.record_timing(study.study_uid, "receive", study.last_received - study.first_received,
+                        claimed)  # fmt: skip
+    queue.record_timing(study.study_uid, "wait", claimed - study.last_received, claimed)
     try:
         outcome = analyse_study(study.study_uid, queue.instances(study.study_uid), bundle, results)
     except Exception as exc:  # one bad study must not stop the worker
         log.exception("study %s: analysis failed", study.study_uid)
         queue.set_state(study.study_uid, "failed", reason=f"analysis error: {type(exc).__name__}")
         return True
+    for stage, seconds in outcome.timings.items():
+        queue.record_timing(study.study_uid, stage, seconds, time.time())
     if not outcome.in_scope:
         queue.set_state(study.study_uid, "out_of_scope", reason=outcome.reason)
         log.info("study %s out of scope: %s", study.study_uid, outcome.reason)
@@ -106,8 +112,10 @@ def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Desti
             give_up=True,
         )
         return
+    started = time.time()
     result = send_files(destination, list(delivery.files), calling_aet=config.node.ae_title,
                         timeout_s=config.sending.timeout_seconds)  # fmt: skip
+    queue.record_timing(delivery.study_uid, "send", time.time() - started, time.time())
     reasons = sorted({o.reason for o in result.outcomes if not o.sent})
     status = queue.record_attempt(
         delivery,
@@ -141,6 +149,10 @@ class WorkerPool:
                 log.error("worker %s died (exit %s); restarting it", process.pid,
                           process.exitcode)  # fmt: skip
                 self.processes[i] = self._spawn()
+
+    def alive(self) -> int:
+        """How many workers are running."""
+        return sum(1 for p in self.processes if p.is_alive())
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Ask the workers to finish their current study, then wait for them."""

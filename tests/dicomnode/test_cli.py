@@ -55,7 +55,7 @@ def test_serve_stores_what_storescu_sends_and_stops_on_sigterm(
     storage = tmp_path / "node"
     node = subprocess.Popen(
         [sys.executable, "-m", "dicomnode.cli", "serve", "--port", str(port),
-         "--storage", str(storage)],
+         "--storage", str(storage), "--http-port", "0"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     rows = [r for r in read_truth(synthetic_archive)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def _start_node(tmp_path: Path, orthanc: OrthancServer) -> tuple[subprocess.Pope
     config = tmp_path / "node.toml"
     config.write_text(
         f'[node]\nport = {port}\n[storage]\npath = "{tmp_path / "node"}"\n'
+        f"[http]\nport = {_free_port()}\n"
         "[completeness]\ngrace_seconds = 0.5\nquiet_seconds = 10.0\n"
         f'[model]\nbundle = "{ROOT / "config" / "models" / "wrist-demo"}"\n'
         "[sending]\ninitial_delay_seconds = 1.0\n"
@@ -110,6 +112,7 @@ def test_a_wrist_study_comes_back_as_sr_and_secondary_captures(
         time.sleep(3)
         assert index.study(wrist[0]["study_instance_uid"]).state == "done"  # type: ignore[union-attr]
         assert len(orthanc.instances()) == before
+        _check_health_and_metrics(tmp_path / "node.toml")
     finally:
         node.terminate()
         _, err = node.communicate(timeout=60)
@@ -159,6 +162,22 @@ def test_restart_mid_study_loses_nothing_and_late_instances_revise_the_sr(
     finally:
         node.terminate()
         node.communicate(timeout=60)
+
+
+def _check_health_and_metrics(config: Path) -> None:
+    port = int(config.read_text().split("[http]\nport = ")[1].split()[0])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+        health = json.loads(answer.read())
+    assert health["ok"] and health["workers"] == 1 and health["database"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert 'dicomnode_studies{state="done"} 1.0' in metrics
+    assert 'dicomnode_studies{state="out_of_scope"} 1.0' in metrics
+    for stage in ("receive", "wait", "preprocess", "inference", "report", "send"):
+        assert f'dicomnode_stage_seconds_count{{stage="{stage}"}}' in metrics, stage
+    received = next(line for line in metrics.splitlines()
+                    if line.startswith("dicomnode_instances_received_total"))  # fmt: skip
+    assert float(received.split()[-1]) >= 3
 
 
 def _latest_sr(orthanc: OrthancServer) -> dict[str, Any]:

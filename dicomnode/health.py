@@ -1,0 +1,118 @@
+"""`/healthz` and Prometheus `/metrics` on a local HTTP port.
+
+The node's processes (receiver, analysis workers) share one SQLite database, so the metrics are
+read from it at scrape time rather than kept in per-process counters: what a scrape reports is
+what the node has durably recorded, across restarts too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from dicomnode.index import STUDY_STATES
+from dicomnode.work_queue import STAGES, WorkQueue
+
+log = logging.getLogger("dicomnode.http")
+BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class NodeCollector(Collector):
+    """Instances, bytes, studies per state, stage latencies, failures, delivery backlog."""
+
+    def __init__(self, queue: WorkQueue, spool_root: Path) -> None:
+        self.queue = queue
+        self.spool_root = spool_root
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        counts = self.queue.counts()
+        yield CounterMetricFamily("dicomnode_instances_received", "Instances received and kept",
+                                  value=counts.get("instances", 0))  # fmt: skip
+        yield CounterMetricFamily("dicomnode_received_bytes", "Bytes of received instances",
+                                  value=_bytes(self.spool_root))  # fmt: skip
+        states = GaugeMetricFamily("dicomnode_studies", "Studies per state", labels=["state"])
+        for state in STUDY_STATES:
+            states.add_metric([state], counts.get(state, 0))
+        yield states
+        stages = HistogramMetricFamily("dicomnode_stage_seconds", "Seconds per study and stage",
+                                       labels=["stage"])  # fmt: skip
+        timings = self.queue.timings()
+        for stage in STAGES:
+            values = [s for name, s in timings if name == stage]
+            buckets = [(str(b), sum(1 for v in values if v <= b)) for b in BUCKETS]
+            buckets.append(("+Inf", len(values)))
+            stages.add_metric([stage], buckets, sum_value=sum(values))
+        yield stages
+        failures = GaugeMetricFamily("dicomnode_failed_studies", "Failed studies by reason",
+                                     labels=["reason"])  # fmt: skip
+        for reason, count in self.queue.failure_reasons().items():
+            failures.add_metric([reason], count)
+        yield failures
+        backlog = GaugeMetricFamily("dicomnode_delivery_backlog", "Pending deliveries",
+                                    labels=["destination"])  # fmt: skip
+        for destination, count in self.queue.backlog().items():
+            backlog.add_metric([destination], count)
+        yield backlog
+
+
+def _bytes(root: Path) -> int:
+    instances = root / "instances"
+    return sum(p.stat().st_size for p in instances.rglob("*.dcm")) if instances.exists() else 0
+
+
+def start_http(host: str, port: int, queue: WorkQueue, spool_root: Path,
+               healthy: Callable[[], dict[str, object]]) -> ThreadingHTTPServer:  # fmt: skip
+    """Serve /healthz and /metrics in a daemon thread; returns the server (shutdown() stops)."""
+    registry = CollectorRegistry()
+    registry.register(NodeCollector(queue, spool_root))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif self.path == "/healthz":
+                state = healthy()
+                code = 200 if state.get("ok") else 503
+                self._answer(code, json.dumps(state).encode(), "application/json")
+            else:
+                self._answer(404, b"not found\n", "text/plain")
+
+        def _answer(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            del format, args  # scrapes every few seconds would flood the log
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    log.info("health and metrics on http://%s:%d/", host, server.server_address[1])
+    return server
+
+
+def health(workers_alive: Callable[[], int], expected: int, queue: WorkQueue) -> dict[str, object]:
+    """The /healthz answer: ok when every worker runs and the database answers."""
+    try:
+        queue.counts()
+        database = True
+    except Exception:  # a broken database is exactly what this must report
+        database = False
+    alive = workers_alive()
+    return {"ok": database and alive == expected, "workers": alive, "expected_workers": expected,
+            "database": database, "time": time.time()}  # fmt: skip
