@@ -124,6 +124,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     from dicomnode.completeness import CompletenessParams
     from dicomnode.scp import start_server
+    from dicomnode.sd_notify import notify, watchdog_interval
     from dicomnode.spool import Spool
     from dicomnode.work_queue import WorkQueue
     from dicomnode.worker import WorkerPool, database
@@ -157,10 +158,15 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         http = start_http(config.http.host, config.http.port, queue, root / "spool",
                           lambda: health(pool.alive, expected, queue))  # fmt: skip
     log.info("storage in %s; %s", root, _counts(queue))
+    interval = watchdog_interval()
+    if interval:
+        scheduler.add_job(lambda: notify("WATCHDOG=1"), "interval", seconds=interval)
+    notify("READY=1")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
+    notify("STOPPING=1")
     log.info("stopping: no new associations; letting the workers finish their current study")
     server.shutdown()
     if http is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -53,10 +54,14 @@ def test_serve_stores_what_storescu_sends_and_stops_on_sigterm(
 
     port = _free_port()
     storage = tmp_path / "node"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # as systemd's NOTIFY_SOCKET
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
     node = subprocess.Popen(
         [sys.executable, "-m", "dicomnode.cli", "serve", "--port", str(port),
          "--storage", str(storage), "--http-port", "0"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     rows = [r for r in read_truth(synthetic_archive)
             if not r["corrupt"] and r["transfer_syntax"] == "explicit_le"][:3]  # fmt: skip
@@ -77,6 +82,9 @@ def test_serve_stores_what_storescu_sends_and_stops_on_sigterm(
         node.terminate()
         _, err = node.communicate(timeout=30)
     assert node.returncode == 0
+    messages = {notify.recv(100), notify.recv(100)}
+    notify.close()
+    assert messages == {b"READY=1", b"STOPPING=1"}
     assert "listening as WRISTAI" in err and "C-ECHO from ECHOSCU" in err
     index = Index(storage / "index.sqlite")
     for row in rows:
