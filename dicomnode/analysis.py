@@ -17,7 +17,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from dicomnode.index import InstanceRow
-from dicomnode.reports import ReportContext, build_sc, build_sr
+from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
 from dicomnode.spool import Spool
 from pipeline.dicomio import DicomImageError, Radiograph, read_radiograph
 from pipeline.inference import ModelBundle, StudyPrediction, ViewPrediction
@@ -40,9 +40,10 @@ class AnalysisOutcome:
 
 def analyse_study(
     study_uid: str, instances: list[InstanceRow], bundle: ModelBundle, results: Spool,
-    *, institution: str = "",
+    *, institution: str = "", report_out_of_scope: bool = False,
 ) -> AnalysisOutcome:  # fmt: skip
-    """Analyse the study's received instances and write the result objects to `results`."""
+    """Analyse the study's received instances and write the result objects to `results`
+    (for an out-of-scope study, a "not analysed" SR only when `report_out_of_scope`)."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     sources: list[Dataset] = []
@@ -67,7 +68,11 @@ def analyse_study(
     prediction = bundle.predict(radiographs, timings=timings)
     timings["preprocess"] = timings.get("preprocess", 0.0) + decoded
     if not prediction.in_scope:
-        return AnalysisOutcome(False, prediction.reason, (), prediction, timings)
+        files: tuple[Path, ...] = ()
+        if report_out_of_scope:
+            context = ReportContext(sources=sources, bundle=bundle.info, institution=institution)
+            files = (_write(results, build_not_analysed_sr(prediction.reason, context)),)
+        return AnalysisOutcome(False, prediction.reason, files, prediction, timings)
     reporting = time.perf_counter()
     context = ReportContext(sources=sources, bundle=bundle.info, institution=institution,
                             predecessor=_previous_sr(results, study_uid))  # fmt: skip

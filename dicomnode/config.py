@@ -169,6 +169,14 @@ class SendingSection(_Validated):
 
 
 @dataclass(frozen=True)
+class ResultsSection:
+    """What is sent besides the results of analysed studies."""
+
+    report_out_of_scope: bool = False
+    """Send a short SR saying "not analysed" and why for studies with no wrist view."""
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     """Log verbosity and line format."""
 
@@ -187,6 +195,7 @@ class Config:
     model: ModelSection = field(default_factory=ModelSection)
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
     sending: SendingSection = field(default_factory=SendingSection)
+    results: ResultsSection = field(default_factory=ResultsSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     destinations: tuple[Destination, ...] = ()
 

@@ -28,7 +28,8 @@ _DELIVERIES = """
 CREATE TABLE IF NOT EXISTS deliveries (study_uid TEXT NOT NULL, destination TEXT NOT NULL,
     files TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_failure_at REAL,
     next_attempt_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
-    reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (study_uid, destination));
+    reason TEXT NOT NULL DEFAULT '', final_state TEXT NOT NULL DEFAULT 'done',
+    PRIMARY KEY (study_uid, destination));
 """
 
 
@@ -90,19 +91,23 @@ class WorkQueue(Index):
             cursor = db.execute("UPDATE studies SET state = 'complete' WHERE state = 'analysing'")
             return cursor.rowcount
 
-    def schedule(self, study_uid: str, destinations: list[str], files: list[Path],
-                 now: float) -> None:  # fmt: skip
-        """Results are on disk: deliver `files` to every destination, starting now."""
+    def schedule(self, study_uid: str, destinations: list[str], files: list[Path], now: float,
+                 *, final_state: str = "done", reason: str = "") -> None:  # fmt: skip
+        """Results are on disk: deliver `files` to every destination, starting now; the study
+        ends in `final_state` (with `reason`) once all are delivered."""
         listing = "\n".join(str(f) for f in files)
         with self._transaction() as db:
             db.execute("DELETE FROM deliveries WHERE study_uid = ?", (study_uid,))
             for destination in destinations:
                 db.execute(
-                    "INSERT INTO deliveries (study_uid, destination, files, next_attempt_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (study_uid, destination, listing, now),
+                    "INSERT INTO deliveries (study_uid, destination, files, next_attempt_at, "
+                    "final_state) VALUES (?, ?, ?, ?, ?)",
+                    (study_uid, destination, listing, now, final_state),
                 )
-            state, reason = ("sending", "") if destinations else ("done", "no destination")
+            if destinations:
+                state = "sending"
+            else:
+                state, reason = final_state, reason or "no destination"
             db.execute(
                 "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
                 "WHERE study_uid = ? AND state = 'analysing'",
@@ -139,23 +144,29 @@ class WorkQueue(Index):
                 (attempts, first, next_at, status, reason, delivery.study_uid,
                  delivery.destination),
             )  # fmt: skip
-            states = [
-                r[0]
-                for r in db.execute(
-                    "SELECT status FROM deliveries WHERE study_uid = ?", (delivery.study_uid,)
-                )
-            ]
+            rows = db.execute(
+                "SELECT status, final_state FROM deliveries WHERE study_uid = ?",
+                (delivery.study_uid,),
+            ).fetchall()
+            states = [r[0] for r in rows]
             if all(s != "pending" for s in states):
-                final = "done" if all(s == "sent" for s in states) else "failed"
+                final = rows[0][1] if all(s == "sent" for s in states) else "failed"
                 failed = db.execute(
                     "SELECT destination || ': ' || reason FROM deliveries "
                     "WHERE study_uid = ? AND status = 'failed'", (delivery.study_uid,),
                 ).fetchall()  # fmt: skip
-                db.execute(
-                    "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
-                    "WHERE study_uid = ? AND state = 'sending'",
-                    (final, "; ".join(r[0] for r in failed), now, delivery.study_uid),
-                )
+                if final == "failed":
+                    db.execute(
+                        "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
+                        "WHERE study_uid = ? AND state = 'sending'",
+                        (final, "; ".join(r[0] for r in failed), now, delivery.study_uid),
+                    )
+                else:  # keep the reason given at scheduling (e.g. why out of scope)
+                    db.execute(
+                        "UPDATE studies SET state = ?, state_changed_at = ? "
+                        "WHERE study_uid = ? AND state = 'sending'",
+                        (final, now, delivery.study_uid),
+                    )
         return status
 
     def record_timing(self, study_uid: str, stage: str, seconds: float, at: float) -> None:

@@ -57,15 +57,27 @@ def run_worker(config: Config, stop: EventType, parent: int) -> None:
     policy = retry_policy(config)
     log.info("worker ready with model %s %s", bundle.info.name, bundle.info.version)
     while not stop.is_set() and os.getppid() == parent:
-        worked = analyse_next(queue, bundle, results, list(destinations))
+        worked = analyse_next(
+            queue,
+            bundle,
+            results,
+            list(destinations),
+            report_out_of_scope=config.results.report_out_of_scope,
+        )
         worked = deliver_due(queue, destinations, config, policy) or worked
         if not worked:
             stop.wait(IDLE_SECONDS)
     queue.close()
 
 
-def analyse_next(queue: WorkQueue, bundle: ModelBundle, results: Spool,
-                 destinations: list[str]) -> bool:  # fmt: skip
+def analyse_next(
+    queue: WorkQueue,
+    bundle: ModelBundle,
+    results: Spool,
+    destinations: list[str],
+    *,
+    report_out_of_scope: bool = False,
+) -> bool:
     """Claim and analyse one complete study; False when there was none."""
     study = queue.claim()
     if study is None:
@@ -75,7 +87,8 @@ def analyse_next(queue: WorkQueue, bundle: ModelBundle, results: Spool,
                         claimed)  # fmt: skip
     queue.record_timing(study.study_uid, "wait", claimed - study.last_received, claimed)
     try:
-        outcome = analyse_study(study.study_uid, queue.instances(study.study_uid), bundle, results)
+        outcome = analyse_study(study.study_uid, queue.instances(study.study_uid), bundle, results,
+                                report_out_of_scope=report_out_of_scope)  # fmt: skip
     except Exception as exc:  # one bad study must not stop the worker
         log.exception("study %s: analysis failed", study.study_uid)
         queue.set_state(study.study_uid, "failed", reason=f"analysis error: {type(exc).__name__}")
@@ -83,8 +96,12 @@ def analyse_next(queue: WorkQueue, bundle: ModelBundle, results: Spool,
     for stage, seconds in outcome.timings.items():
         queue.record_timing(study.study_uid, stage, seconds, time.time())
     if not outcome.in_scope:
-        queue.set_state(study.study_uid, "out_of_scope", reason=outcome.reason)
         log.info("study %s out of scope: %s", study.study_uid, outcome.reason)
+        if outcome.files:  # the "not analysed" report
+            queue.schedule(study.study_uid, destinations, list(outcome.files), time.time(),
+                           final_state="out_of_scope", reason=outcome.reason)  # fmt: skip
+        else:
+            queue.set_state(study.study_uid, "out_of_scope", reason=outcome.reason)
         return True
     queue.schedule(study.study_uid, destinations, list(outcome.files), time.time())
     return True

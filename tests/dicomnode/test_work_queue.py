@@ -92,3 +92,13 @@ def test_delivery_gives_up_and_says_why(queue: WorkQueue) -> None:
     study = queue.study(uid)
     assert status == "failed" and study and study.state == "failed"
     assert "PACS@h:104: refused 0xA700" in study.reason
+
+
+def test_out_of_scope_report_keeps_its_state_and_reason(queue: WorkQueue) -> None:
+    uid = _analysed(queue)
+    queue.schedule(uid, ["PACS@h:104"], [Path("na.dcm")], now=1001.0,
+                   final_state="out_of_scope", reason="no wrist view to analyse")  # fmt: skip
+    delivery = queue.due(1001.0)[0]
+    queue.record_attempt(delivery, sent=True, reason="", now=1001.0, policy=POLICY)
+    study = queue.study(uid)
+    assert study and study.state == "out_of_scope" and study.reason == "no wrist view to analyse"
