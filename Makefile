@@ -8,7 +8,7 @@ DEMO_FIT ?= --epochs 25 --batch-size 32 --lr 1e-3 --workers 2
 DEBIAN_PACKAGES := dcmtk orthanc dicom3tools
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install debian-tools run test lint typecheck unit bench preview demo-model clean
+.PHONY: install debian-tools run test lint typecheck unit bench preview demo demo-model clean
 
 install: $(STAMP) debian-tools
 
@@ -35,6 +35,12 @@ debian-tools:
 
 run: install
 	$(BIN)/dicomnode serve --config config/dicomnode.toml
+
+# The whole loop against a private Orthanc: a synthetic two-view wrist study in, SR out.
+demo: install
+	rm -rf var/demo-study
+	$(BIN)/dicomnode-train synth --out var/demo-study --studies 1 --seed 4 --syntaxes explicit_le
+	$(BIN)/python -m dicomnode.demo var/demo-study/dicom/*/*/*.dcm
 
 lint: $(STAMP)
 	$(BIN)/ruff check dicomnode pipeline train tests bench
