@@ -17,15 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydicom import uid
-from pydicom.dataset import Dataset, FileMetaDataset
+from synthetic import radiograph  # bench/synthetic.py, beside this script
 
-from pipeline.dicomio import Radiograph, read_radiograph
+from pipeline.dicomio import Radiograph
 from pipeline.gradcam import grad_cam
 from pipeline.inference import ModelBundle
 from pipeline.preprocess.study import preprocess_radiograph
 from train.phantoms.anatomy import random_view_spec, render_view
-from train.phantoms.encoding import to_stored
 
 
 def _study() -> list[Radiograph]:
@@ -34,17 +32,7 @@ def _study() -> list[Radiograph]:
         rng = np.random.default_rng(40 + i)
         spec = replace(random_view_spec(rng, view=view, size="full"), height=3000, width=2500,
                        parts=1, layout="single")  # fmt: skip
-        pixels, attrs = to_stored(render_view(spec, rng).image, photometric="monochrome2",
-                                  bits_stored=14, voi="window", rng=rng)  # fmt: skip
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-        ds.SOPClassUID = uid.DigitalXRayImageStorageForPresentation
-        ds.SOPInstanceUID = uid.generate_uid()
-        ds.BodyPartExamined = "WRIST"
-        ds.update(attrs)
-        ds.PixelData = pixels.tobytes()
-        radiographs.append(read_radiograph(ds))
+        radiographs.append(radiograph(render_view(spec, rng).image, rng))
     return radiographs
 
 

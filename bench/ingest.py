@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.integration.orthanc import OrthancServer  # noqa: E402
-from train.phantoms.archive import generate_archive, read_truth  # noqa: E402
+from tests.integration.orthanc import OrthancServer
+from train.phantoms.archive import generate_archive, read_truth
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 

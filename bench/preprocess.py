@@ -23,13 +23,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from pydicom import uid
-from pydicom.dataset import Dataset, FileMetaDataset
+from synthetic import radiograph as stored_radiograph  # bench/synthetic.py, beside it
 
-from pipeline.dicomio import read_radiograph
 from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
 from train.phantoms.anatomy import random_view_spec, render_view
-from train.phantoms.encoding import to_stored
 
 STEPS = ("wrist_filter", "inversion", "part_splitter", "rotation", "geometry")
 
@@ -53,18 +50,7 @@ def _full_size_radiographs(count: int) -> list[object]:
         )
         rendered = render_view(spec, rng)
         photometric = ("monochrome2", "inverted", "monochrome1")[i % 3]
-        pixels, attrs = to_stored(
-            rendered.image, photometric=photometric, bits_stored=14, voi="window", rng=rng
-        )
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
-        ds.SOPClassUID = uid.DigitalXRayImageStorageForPresentation
-        ds.SOPInstanceUID = uid.generate_uid()
-        ds.BodyPartExamined = "WRIST"
-        ds.update(attrs)
-        ds.PixelData = pixels.tobytes()
-        images.append(read_radiograph(ds))
+        images.append(stored_radiograph(rendered.image, rng, photometric=photometric))
     return images
 
 

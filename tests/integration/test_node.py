@@ -23,6 +23,15 @@ ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ("explicit_le", "implicit_le")
 
 
+def _native_studies(archive: Path) -> dict[str, list[dict[str, str]]]:
+    """Readable instances in syntaxes storescu proposes by default, grouped by study."""
+    studies: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in read_truth(archive):
+        if not row["corrupt"] and row["transfer_syntax"] in NATIVE:
+            studies[row["study_instance_uid"]].append(row)
+    return studies
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,10 +87,7 @@ def _wait_for(predicate: object, timeout: float) -> bool:
 def test_a_wrist_study_comes_back_as_sr_and_secondary_captures(
     tmp_path: Path, orthanc: OrthancServer, synthetic_archive: Path
 ) -> None:
-    studies: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for row in read_truth(synthetic_archive):
-        if not row["corrupt"] and row["transfer_syntax"] in NATIVE:
-            studies[row["study_instance_uid"]].append(row)
+    studies = _native_studies(synthetic_archive)
     wrist = next(r for r in studies.values() if r[0]["body_part"] == "wrist")
     other = next(r for r in studies.values() if r[0]["body_part"] != "wrist")
     node, port = _start_node(tmp_path, orthanc)
@@ -123,10 +129,7 @@ def test_a_wrist_study_comes_back_as_sr_and_secondary_captures(
 def test_restart_mid_study_loses_nothing_and_late_instances_revise_the_sr(
     tmp_path: Path, orthanc: OrthancServer, synthetic_archive: Path
 ) -> None:
-    studies: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for row in read_truth(synthetic_archive):
-        if not row["corrupt"] and row["transfer_syntax"] in NATIVE:
-            studies[row["study_instance_uid"]].append(row)
+    studies = _native_studies(synthetic_archive)
     rows = next(r for r in studies.values() if r[0]["body_part"] == "wrist" and len(r) >= 3)
     first, second, late = rows[:1], rows[1:-1], rows[-1:]
     node, port = _start_node(tmp_path, orthanc)
