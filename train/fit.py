@@ -187,9 +187,10 @@ def _build(config: FitConfig) -> nn.Module:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a run folder (its best.pt), a checkpoint or a weights file."""
+    """A state dict from a run folder (its best.pt), a bundle folder (its weights.pt), a
+    checkpoint or a weights file."""
     if path.is_dir():
-        path = path / "best.pt"
+        path = path / ("weights.pt" if (path / "model.json").exists() else "best.pt")
     state = torch.load(path, map_location="cpu", weights_only=False)
     weights: dict[str, torch.Tensor] = state.get("model", state)
     return weights
