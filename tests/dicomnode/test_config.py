@@ -30,12 +30,12 @@ def test_a_file_overrides_and_parses_destinations(tmp_path: Path) -> None:
     path = _write(
         tmp_path,
         '[node]\nport = 104\n[[destinations]]\nae_title = "PACS"\nhost = "10.0.0.5"\nport = 4242\n'
-        '[storage]\npath = "/srv/spool"\n',
+        '[storage]\npath = "spool/elsewhere"\n',
     )
     config = load_config(path)
     assert config.node.port == 104 and config.node.ae_title == "WRISTAI"
     assert config.destinations == (Destination("PACS", "10.0.0.5", 4242),)
-    assert config.storage.path == Path("/srv/spool")
+    assert config.storage.path == Path("spool/elsewhere")
 
 
 @pytest.mark.parametrize(

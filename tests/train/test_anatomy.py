@@ -9,34 +9,13 @@ import numpy as np
 import pytest
 from skimage.filters import threshold_otsu
 
+from tests.phantom_specs import PLAIN
 from train.phantoms.anatomy import (
     Fracture,
     RenderedView,
     ViewSpec,
     random_view_spec,
     render_view,
-)
-
-PLAIN = ViewSpec(
-    body_part="wrist",
-    view="PA",
-    height=512,
-    width=384,
-    angle_deg=0.0,
-    fingers_down=False,
-    fracture=None,
-    implant=False,
-    cast=False,
-    marker=None,
-    ruler=False,
-    frame=None,
-    parts=1,
-    layout="single",
-    specks=0,
-    exposure=1.0,
-    noise=0.005,
-    blur=0.5,
-    heel=0.0,
 )
 
 

@@ -8,29 +8,10 @@ import numpy as np
 import pytest
 
 from pipeline.preprocess.collimation import SIDES, find_collimation
-from train.phantoms.anatomy import ViewSpec, render_view
+from tests.phantom_specs import PLAIN as BASE
+from train.phantoms.anatomy import render_view
 
-PLAIN = ViewSpec(
-    body_part="wrist",
-    view="PA",
-    height=512,
-    width=384,
-    angle_deg=0.0,
-    fingers_down=False,
-    fracture=None,
-    implant=False,
-    cast=False,
-    marker="L",
-    ruler=False,
-    frame=None,
-    parts=1,
-    layout="single",
-    specks=2,
-    exposure=1.0,
-    noise=0.01,
-    blur=0.5,
-    heel=0.1,
-)
+PLAIN = replace(BASE, marker="L", specks=2, noise=0.01, heel=0.1)
 
 
 def paint(image: np.ndarray, widths: dict[str, float], level: float) -> tuple[int, ...]:
