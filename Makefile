@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python bench/preprocess.py
 	$(BIN)/python bench/training.py --steps 4
 	if [ -f $(DEMO)/model.json ]; then $(BIN)/python bench/inference.py --bundle $(DEMO); fi
+	$(BIN)/python bench/ingest.py
 
 # The bundled demo model, trained on the synthetic archive only (not for clinical use).
 # Its bundle was made by these steps on one H200 GPU (fit: 109 s); on a 2-core CPU the fit
