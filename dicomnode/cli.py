@@ -155,7 +155,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         from dicomnode.health import health, start_http
 
         expected = config.analysis.workers
-        http = start_http(config.http.host, config.http.port, queue, root / "spool",
+        http = start_http(config.http.host, config.http.port, queue,
                           lambda: health(pool.alive, expected, queue))  # fmt: skip
     log.info("storage in %s; %s", root, _counts(queue))
     interval = watchdog_interval()

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -33,16 +32,15 @@ BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
 class NodeCollector(Collector):
     """Instances, bytes, studies per state, stage latencies, failures, delivery backlog."""
 
-    def __init__(self, queue: WorkQueue, spool_root: Path) -> None:
+    def __init__(self, queue: WorkQueue) -> None:
         self.queue = queue
-        self.spool_root = spool_root
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         counts = self.queue.counts()
         yield CounterMetricFamily("dicomnode_instances_received", "Instances received and kept",
                                   value=counts.get("instances", 0))  # fmt: skip
         yield CounterMetricFamily("dicomnode_received_bytes", "Bytes of received instances",
-                                  value=_bytes(self.spool_root))  # fmt: skip
+                                  value=self.queue.received_bytes())  # fmt: skip
         states = GaugeMetricFamily("dicomnode_studies", "Studies per state", labels=["state"])
         for state in STUDY_STATES:
             states.add_metric([state], counts.get(state, 0))
@@ -68,16 +66,11 @@ class NodeCollector(Collector):
         yield backlog
 
 
-def _bytes(root: Path) -> int:
-    instances = root / "instances"
-    return sum(p.stat().st_size for p in instances.rglob("*.dcm")) if instances.exists() else 0
-
-
-def start_http(host: str, port: int, queue: WorkQueue, spool_root: Path,
+def start_http(host: str, port: int, queue: WorkQueue,
                healthy: Callable[[], dict[str, object]]) -> ThreadingHTTPServer:  # fmt: skip
     """Serve /healthz and /metrics in a daemon thread; returns the server (shutdown() stops)."""
     registry = CollectorRegistry()
-    registry.register(NodeCollector(queue, spool_root))
+    registry.register(NodeCollector(queue))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:

@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS instances (sop_uid TEXT PRIMARY KEY, study_uid TEXT N
 CREATE TABLE IF NOT EXISTS associations (association_id TEXT PRIMARY KEY,
     calling_aet TEXT NOT NULL, address TEXT NOT NULL, opened_at REAL NOT NULL,
     closed_at REAL, released INTEGER);
+-- Bytes kept per instance (for the metrics; a separate table needs no migration).
+CREATE TABLE IF NOT EXISTS instance_sizes (sop_uid TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
 -- Which studies each association sent to: released_at waits for all of them to close.
 CREATE TABLE IF NOT EXISTS association_studies (association_id TEXT NOT NULL,
     study_uid TEXT NOT NULL, PRIMARY KEY (association_id, study_uid));
@@ -111,7 +113,12 @@ class Index:
         ours: bool,
     ) -> bool:
         """Index a stored instance and update its study; True if the SOP UID was known."""
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
         with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO instance_sizes VALUES (?, ?)", (sop_uid, size))
             known = db.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)).fetchone()
             db.execute(
                 f"INSERT OR REPLACE INTO instances ({_INSTANCE_COLUMNS})"
@@ -207,6 +214,14 @@ class Index:
             )
             if cursor.rowcount == 0:
                 raise KeyError(f"study {study_uid} is not in the index")
+
+    def received_bytes(self) -> int:
+        """Bytes of the received instances kept (our own results excluded)."""
+        rows = self._query(
+            "SELECT COALESCE(SUM(s.bytes), 0) FROM instance_sizes s"
+            " JOIN instances i USING (sop_uid) WHERE i.ours = 0"
+        )
+        return int(rows[0][0])
 
     def counts(self) -> dict[str, int]:
         """Studies per state (every state present, zero included) and the instance total."""

@@ -102,3 +102,15 @@ def test_out_of_scope_report_keeps_its_state_and_reason(queue: WorkQueue) -> Non
     queue.record_attempt(delivery, sent=True, reason="", now=1001.0, policy=POLICY)
     study = queue.study(uid)
     assert study and study.state == "out_of_scope" and study.reason == "no wrist view to analyse"
+
+
+def test_received_bytes_count_kept_instances_not_our_results(tmp_path: Path) -> None:
+    queue = WorkQueue(tmp_path / "index.sqlite")
+    theirs, ours = tmp_path / "theirs.dcm", tmp_path / "ours.dcm"
+    theirs.write_bytes(b"x" * 1000)
+    ours.write_bytes(b"y" * 500)
+    for uid, path, is_ours in (("1.1.1", theirs, False), ("1.1.2", ours, True)):
+        queue.record_instance(sop_uid=uid, study_uid="1.1", series_uid="1.1.9",
+                              sop_class_uid="1.2", path=path, calling_aet="X",
+                              association_id="a", received_at=1.0, ours=is_ours)  # fmt: skip
+    assert queue.received_bytes() == 1000

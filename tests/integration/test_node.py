@@ -181,6 +181,9 @@ def _check_health_and_metrics(config: Path) -> None:
     received = next(line for line in metrics.splitlines()
                     if line.startswith("dicomnode_instances_received_total"))  # fmt: skip
     assert float(received.split()[-1]) >= 3
+    received_bytes = next(line for line in metrics.splitlines()
+                          if line.startswith("dicomnode_received_bytes_total"))  # fmt: skip
+    assert float(received_bytes.split()[-1]) > 100_000
 
 
 def _latest_sr(orthanc: OrthancServer) -> dict[str, Any]:
