@@ -18,21 +18,6 @@ from typing import Any, cast
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
@@ -44,26 +29,9 @@ from dicomnode.config import Config
 from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.index import Index
 from dicomnode.spool import Spool, is_valid_uid
-from pipeline.dicomio import SUPPORTED_SOP_CLASSES
+from pipeline.dicomio import READABLE_TRANSFER_SYNTAXES, SUPPORTED_SOP_CLASSES
 
 log = logging.getLogger(__name__)
-
-TRANSFER_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    DeflatedExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
-)
-"""Every transfer syntax `pipeline.dicomio` decodes; we accept what the sender proposes."""
 
 MAXIMUM_PDU_SIZE = 262_144
 """Largest PDU we accept. storescu sending 40 x 1 MB instances to this SCP (spool fsync included,
@@ -91,7 +59,7 @@ def build_ae(config: Config) -> AE:
     ae = AE(ae_title=config.node.ae_title)
     ae.add_supported_context(Verification)
     for sop_class in sorted(SUPPORTED_SOP_CLASSES):
-        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        ae.add_supported_context(sop_class, list(READABLE_TRANSFER_SYNTAXES))
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
     return ae

@@ -32,6 +32,23 @@ SUPPORTED_SOP_CLASSES: frozenset[str] = frozenset(
 MAX_SIDE = 10_000
 """Largest Rows or Columns accepted: no wrist detector is larger; beyond it is an error or abuse."""
 
+READABLE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    pydicom.uid.ExplicitVRLittleEndian,
+    pydicom.uid.ImplicitVRLittleEndian,
+    pydicom.uid.ExplicitVRBigEndian,
+    pydicom.uid.DeflatedExplicitVRLittleEndian,
+    pydicom.uid.JPEGBaseline8Bit,
+    pydicom.uid.JPEGExtended12Bit,
+    pydicom.uid.JPEGLossless,
+    pydicom.uid.JPEGLosslessSV1,
+    pydicom.uid.JPEGLSLossless,
+    pydicom.uid.JPEGLSNearLossless,
+    pydicom.uid.JPEG2000Lossless,
+    pydicom.uid.JPEG2000,
+    pydicom.uid.RLELossless,
+)
+"""Every transfer syntax this module decodes (the node accepts exactly these)."""
+
 PREFERRED_DECODERS: dict[str, str] = {
     # The fastest plugin measured per syntax on a 2500x3000 16-bit image (bench/decode.py):
     # openjpeg 1.1 s vs GDCM 1.3 s for JPEG 2000, CharLS 0.17 s vs GDCM 0.36 s for JPEG-LS;

@@ -24,8 +24,9 @@ from dicomnode import dimse_status
 from dicomnode.config import Config, with_overrides
 from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.index import Index
-from dicomnode.scp import TRANSFER_SYNTAXES, handle_store, start_server
+from dicomnode.scp import handle_store, start_server
 from dicomnode.spool import Spool
+from pipeline.dicomio import READABLE_TRANSFER_SYNTAXES as TRANSFER_SYNTAXES
 from pipeline.dicomio import SUPPORTED_SOP_CLASSES
 from train.phantoms.archive import generate_archive, read_truth
 from train.phantoms.encoding import TRANSFER_SYNTAXES as PHANTOM_SYNTAXES

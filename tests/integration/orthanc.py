@@ -27,10 +27,20 @@ HTTP_TIMEOUT_S = 10.0
 
 def free_port() -> int:
     """A TCP port on the loopback that nothing listens on right now (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports. The sockets stay bound until all are chosen:
+    asking one at a time can hand the same port out twice."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def orthanc_available() -> bool:
@@ -59,8 +69,7 @@ class OrthancServer:
     ) -> None:
         self.workdir = workdir
         self.aet = aet
-        self.dicom_port = free_port()
-        self.http_port = free_port()
+        self.dicom_port, self.http_port = free_ports(2)
         self.url = f"http://{LOOPBACK}:{self.http_port}"
         self.config_path = workdir / "orthanc.json"
         self.log_path = workdir / "orthanc.log"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 
 from dicomnode.index import Index
-from tests.integration.orthanc import OrthancServer
+from tests.integration.orthanc import OrthancServer, free_ports
 from train.phantoms.archive import read_truth
 
 pytestmark = pytest.mark.integration
@@ -32,18 +31,12 @@ def _native_studies(archive: Path) -> dict[str, list[dict[str, str]]]:
     return studies
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start_node(tmp_path: Path, orthanc: OrthancServer) -> tuple[subprocess.Popen[str], int]:
-    port = _free_port()
+    port, http_port = free_ports(2)
     config = tmp_path / "node.toml"
     config.write_text(
         f'[node]\nport = {port}\n[storage]\npath = "{tmp_path / "node"}"\n'
-        f"[http]\nport = {_free_port()}\n"
+        f"[http]\nport = {http_port}\n"
         "[completeness]\ngrace_seconds = 0.5\nquiet_seconds = 10.0\n"
         f'[model]\nbundle = "{ROOT / "config" / "models" / "wrist-demo"}"\n'
         "[sending]\ninitial_delay_seconds = 1.0\n"
