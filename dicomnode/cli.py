@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from dicomnode import __version__
-from dicomnode.config import Config, ConfigError, Destination, load_config, with_overrides
+from dicomnode.config import (
+    AllowedCaller,
+    Config,
+    ConfigError,
+    Destination,
+    load_config,
+    with_overrides,
+)
 from dicomnode.logs import configure_logging
 
 log = logging.getLogger("dicomnode")
@@ -71,6 +79,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         metavar="AET@HOST:PORT",
         help="replace the destinations (repeatable)",
     )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="AET[@ADDRESS]",
+        help="replace the calling AE allow list (repeatable; AET '*' is any, ADDRESS an IP "
+        "address or CIDR network, none: from anywhere)",
+    )
 
 
 def _config_from(args: argparse.Namespace) -> Config:
@@ -91,6 +107,8 @@ def _config_from(args: argparse.Namespace) -> Config:
         changes["model"] = {"bundle": args.model}
     if args.destination:
         changes["destinations"] = tuple(Destination.parse(d) for d in args.destination)
+    if args.allow:
+        changes["access"] = {"allow": tuple(AllowedCaller.parse(a) for a in args.allow)}
     return with_overrides(config, **changes) if changes else config
 
 
@@ -122,6 +140,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     del args
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    from dicomnode.audit import AuditLog
     from dicomnode.completeness import CompletenessParams
     from dicomnode.scp import start_server
     from dicomnode.sd_notify import notify, watchdog_interval
@@ -130,9 +149,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from dicomnode.worker import WorkerPool, database
 
     configure_logging(config.logging)
+    os.umask(0o077)  # spool, index, results and audit trail: the service user's only
     root = config.storage.path
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    spool = Spool(root / "spool")
+    spool = Spool(root / "spool", min_free_bytes=int(config.storage.min_free_mb * 1e6))
+    audit = AuditLog(config.audit_path)
     dropped = spool.discard_partial()  # writes a crash interrupted were never acknowledged
     if dropped:
         log.warning("discarded %d partial file(s) left by an interrupted run", dropped)
@@ -145,11 +166,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     completeness = CompletenessParams(config.completeness.grace_seconds,
                                       config.completeness.quiet_seconds)  # fmt: skip
     scheduler = BackgroundScheduler()
-    scheduler.add_job(lambda: queue.promote_complete(time.time(), completeness), "interval",
-                      seconds=0.25, max_instances=1, coalesce=True)  # fmt: skip
+    scheduler.add_job(_promote, "interval", args=[queue, completeness, audit], seconds=0.25,
+                      max_instances=1, coalesce=True)  # fmt: skip
     scheduler.add_job(pool.supervise, "interval", seconds=2, max_instances=1, coalesce=True)
     scheduler.start()
-    server = start_server(config, spool, queue)
+    server = start_server(config, spool, queue, audit)
     http = None
     if config.http.port:
         from dicomnode.health import health, start_http
@@ -175,6 +196,18 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     pool.shutdown()
     queue.close()
     return 0
+
+
+def _promote(queue: Any, completeness: Any, audit: Any) -> None:
+    """Move studies whose senders are done to 'complete', and audit their receipt."""
+    for study_uid in queue.promote_complete(time.time(), completeness):
+        study = queue.study(study_uid)
+        audit.record(
+            "study-received",
+            study_uid=study_uid,
+            instances=study.n_instances if study else None,
+            calling_aets=queue.calling_aets(study_uid),
+        )
 
 
 def _counts(index: Any) -> str:

@@ -8,6 +8,7 @@ and the file. Command-line flags override the file (see `with_overrides`).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import types
@@ -50,6 +51,11 @@ def _host(value: str) -> None:
         raise ValueError("must be a host name or address")
 
 
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError("must be positive")
+
+
 def _checked(default: Any = dataclasses.MISSING, *, check: Any) -> Any:
     if default is dataclasses.MISSING:
         return field(metadata={"check": check})
@@ -77,6 +83,8 @@ class Destination(_Validated):
     ae_title: str = _checked(check=_ae_title)
     host: str = _checked(check=_host)
     port: int = _checked(check=_port)
+    tls: bool = False
+    """Send over TLS (with the [tls] section's certificate, CA and minimum version)."""
 
     @classmethod
     def parse(cls, text: str) -> Destination:
@@ -97,6 +105,73 @@ class NodeSection(_Validated):
     ae_title: str = _checked("WRISTAI", check=_ae_title)
     host: str = "127.0.0.1"
     port: int = _checked(11112, check=_port)
+    max_associations: int = _checked(32, check=_positive)
+    """Established associations at once; one more is rejected (transient, local limit)."""
+
+
+def _address_patterns(values: tuple[str, ...]) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"holds {value!r}, not an IP address or network") from None
+
+
+def _ae_title_or_any(value: str) -> None:
+    if value != "*":
+        _ae_title(value)
+
+
+@dataclass(frozen=True)
+class AllowedCaller(_Validated):
+    """A calling AE title the node accepts associations from, from these addresses only."""
+
+    ae_title: str = _checked(check=_ae_title_or_any)
+    """The caller's AE title, or "*" for any."""
+    addresses: tuple[str, ...] = _checked(("127.0.0.1", "::1"), check=_address_patterns)
+    """IP addresses or networks (CIDR) it may call from; empty: from anywhere."""
+
+    @classmethod
+    def parse(cls, text: str) -> AllowedCaller:
+        """Parse ``AET`` or ``AET@ADDRESS`` (ADDRESS: an IP address or CIDR network)."""
+        aet, _, address = text.strip().partition("@")
+        try:
+            return cls(aet, (address,) if address else ())
+        except ValueError as exc:
+            raise ConfigError(f"allowed caller {text!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class AccessSection:
+    """Who may associate: the calling AE allow list, bound to addresses."""
+
+    allow: tuple[AllowedCaller, ...] = (AllowedCaller("*"),)
+    """Callers admitted; the default admits any AE title from loopback only."""
+    require_called_ae_title: bool = True
+    """Reject associations addressed to another AE title than node.ae_title."""
+
+
+@dataclass(frozen=True)
+class TlsSection:
+    """DICOM over TLS (PS3.15 secure transport) for receiving and for sending."""
+
+    enabled: bool = False
+    """Listen with TLS only (destinations choose TLS each with their own `tls` key)."""
+    certificate: str = ""
+    """PEM certificate (chain) the node presents, as server and as client."""
+    private_key: str = ""
+    """PEM private key of the certificate (unencrypted; readable by the service user only)."""
+    ca_certificates: str = ""
+    """PEM CA bundle that verifies peers: callers' certificates, destinations' servers."""
+    require_client_certificate: bool = False
+    """Refuse callers that present no certificate the CA bundle verifies."""
+    minimum_version: Literal["1.2", "1.3"] = "1.2"
+
+    def __post_init__(self) -> None:
+        if self.enabled and not (self.certificate and self.private_key):
+            raise FieldError("enabled", True, "needs 'certificate' and 'private_key'")
+        if self.require_client_certificate and not self.ca_certificates:
+            raise FieldError("require_client_certificate", True, "needs 'ca_certificates'")
 
 
 @dataclass(frozen=True)
@@ -104,6 +179,8 @@ class StorageSection:
     """Where received instances, the index and results live."""
 
     path: Path = Path("var/dicomnode")
+    min_free_mb: float = 256.0
+    """Refuse stores (status A700, Out of Resources) while less than this is free."""
 
 
 def _non_negative(value: float) -> None:
@@ -124,11 +201,6 @@ class CompletenessSection(_Validated):
         super().__post_init__()
         if self.grace_seconds > self.quiet_seconds:
             raise FieldError("grace_seconds", self.grace_seconds, "must not exceed quiet_seconds")
-
-
-def _positive(value: float) -> None:
-    if value <= 0:
-        raise ValueError("must be positive")
 
 
 def _port_or_zero(value: int) -> None:
@@ -177,6 +249,23 @@ class ResultsSection:
 
 
 @dataclass(frozen=True)
+class RetentionSection(_Validated):
+    """Purging of delivered studies (spool files and results)."""
+
+    purge_after_hours: float = _checked(720.0, check=_non_negative)
+    """Age after delivery at which a study's files are removed; 0 keeps them for ever."""
+    check_interval_seconds: float = _checked(3600.0, check=_positive)
+
+
+@dataclass(frozen=True)
+class AuditSection:
+    """The audit trail: one JSON line per security-relevant event, no patient data."""
+
+    path: Path = Path("")
+    """The append-only file; empty: audit.jsonl in storage.path."""
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     """Log verbosity and line format."""
 
@@ -189,6 +278,8 @@ class Config:
     """The whole configuration."""
 
     node: NodeSection = field(default_factory=NodeSection)
+    access: AccessSection = field(default_factory=AccessSection)
+    tls: TlsSection = field(default_factory=TlsSection)
     storage: StorageSection = field(default_factory=StorageSection)
     completeness: CompletenessSection = field(default_factory=CompletenessSection)
     http: HttpSection = field(default_factory=HttpSection)
@@ -196,8 +287,16 @@ class Config:
     analysis: AnalysisSection = field(default_factory=AnalysisSection)
     sending: SendingSection = field(default_factory=SendingSection)
     results: ResultsSection = field(default_factory=ResultsSection)
+    retention: RetentionSection = field(default_factory=RetentionSection)
+    audit: AuditSection = field(default_factory=AuditSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     destinations: tuple[Destination, ...] = ()
+
+    @property
+    def audit_path(self) -> Path:
+        """Where the audit trail is written."""
+        return self.audit.path if str(self.audit.path) not in ("", ".") else (
+            self.storage.path / "audit.jsonl")  # fmt: skip
 
 
 def load_config(path: Path | None) -> Config:

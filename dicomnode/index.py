@@ -186,6 +186,15 @@ class Index:
         """The study `study_uid`, or None if no instance of it was received."""
         return next(iter(self._studies("study_uid = ?", (study_uid,))), None)
 
+    def calling_aets(self, study_uid: str) -> list[str]:
+        """The calling AE titles that sent instances of the study (our own results excluded)."""
+        rows = self._query(
+            "SELECT DISTINCT calling_aet FROM instances WHERE study_uid = ? AND ours = 0 "
+            "ORDER BY calling_aet",
+            (study_uid,),
+        )
+        return [str(r[0]).strip() for r in rows]
+
     def instances(self, study_uid: str, *, include_ours: bool = False) -> list[InstanceRow]:
         """The instances of a study, ordered by arrival; our own results only if asked."""
         rows = self._query(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import ssl
 import time
 import uuid
 import zlib
@@ -21,10 +22,13 @@ from pydicom.tag import BaseTag, Tag
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode import dimse_status
+from dicomnode.access import admit, too_many
+from dicomnode.audit import AuditLog
 from dicomnode.config import Config
 from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.index import Index
@@ -62,27 +66,50 @@ def build_ae(config: Config) -> AE:
         ae.add_supported_context(sop_class, list(READABLE_TRANSFER_SYNTAXES))
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
+    # Connections that never negotiate must not lock callers out: pynetdicom's own limit
+    # counts them, so it is set out of reach and `handle_requested` counts established ones.
+    ae.maximum_associations = 100_000
     return ae
 
 
 def start_server(
-    config: Config, spool: Spool, index: Index, *, block: bool = False
+    config: Config,
+    spool: Spool,
+    index: Index,
+    audit: AuditLog | None = None,
+    *,
+    block: bool = False,
 ) -> ThreadedAssociationServer:
-    """Listen on config.node.host:port with the storage handlers bound to `spool` and `index`.
+    """Listen on config.node.host:port with the storage handlers bound to `spool` and `index`,
+    admitting the callers config.access allows (TLS when config.tls.enabled).
 
     With ``block=False`` returns the running server (stop it with ``shutdown()``).
     """
     index.close_open_associations(time.time())  # left open by a crash: nobody sends on them
+    audit = audit or AuditLog(config.audit_path)
     handlers: list[Any] = [
+        (evt.EVT_REQUESTED, handle_requested, [config, audit]),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, handle_store, [spool, index]),
-        (evt.EVT_ACCEPTED, handle_accepted, [index]),
+        (evt.EVT_ACCEPTED, handle_accepted, [index, audit]),
         (evt.EVT_RELEASED, handle_closed, [index]),
         (evt.EVT_ABORTED, handle_closed, [index]),
     ]
     address = (config.node.host, config.node.port)
-    server = build_ae(config).start_server(address, block=block, evt_handlers=handlers)
-    log.info("listening as %s on %s:%d", config.node.ae_title, *address)
+    ssl_context = None
+    if config.tls.enabled:
+        from dicomnode.tls import server_context
+
+        ssl_context = server_context(config.tls)
+    server = build_ae(config).start_server(
+        address, block=block, evt_handlers=handlers, ssl_context=ssl_context
+    )
+    log.info(
+        "listening as %s on %s:%d%s",
+        config.node.ae_title,
+        *address,
+        " (TLS)" if ssl_context else "",
+    )
     assert server is not None or block  # pynetdicom returns the server when not blocking
     return server  # type: ignore[return-value]
 
@@ -93,7 +120,43 @@ def handle_echo(event: Event) -> int:
     return dimse_status.SUCCESS
 
 
-def handle_accepted(event: Event, index: Index) -> None:
+def handle_requested(event: Event, config: Config, audit: AuditLog) -> None:
+    """A-ASSOCIATE-RQ: reject callers the allow list refuses, and any beyond the limit."""
+    assoc = event.assoc
+    try:
+        request = cast(A_ASSOCIATE, assoc.requestor.primitive)
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        address = str(assoc.requestor.address)
+        rejection = admit(config.access, config.node.ae_title, calling, called, address)
+        if rejection is None:
+            established = sum(
+                1 for a in assoc.ae.active_associations if a.is_acceptor and a.is_established
+            )
+            rejection = too_many(established, config.node.max_associations)
+        if rejection is None:
+            return
+        log.warning(
+            "association from %r at %s to %r rejected: %s",
+            calling,
+            address,
+            called,
+            rejection.reason,
+        )
+        audit.record(
+            "association-rejected",
+            calling_aet=calling,
+            called_aet=called,
+            address=address,
+            reason=rejection.reason,
+        )
+        assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
+    except Exception as exc:  # a handler must not kill the acceptor thread silently
+        log.error("deciding on an association request failed: %s", type(exc).__name__)
+        assoc.abort()
+
+
+def handle_accepted(event: Event, index: Index, audit: AuditLog) -> None:
     """Name the association uniquely and record it."""
     try:
         assoc = event.assoc
@@ -102,7 +165,20 @@ def handle_accepted(event: Event, index: Index) -> None:
         index.association_opened(
             assoc.name, assoc.requestor.ae_title, assoc.requestor.address, time.time()
         )
-        log.info("association %s from %s accepted", assoc.name, assoc.requestor.ae_title)
+        log.info(
+            "association %s from %s at %s accepted",
+            assoc.name,
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+        )
+        audit.record(
+            "association-accepted",
+            association=assoc.name,
+            calling_aet=assoc.requestor.ae_title.strip(),
+            called_aet=assoc.acceptor.ae_title.strip(),
+            address=assoc.requestor.address,
+            tls=_is_tls(assoc),
+        )
     except Exception as exc:
         log.error("recording an accepted association failed: %s", type(exc).__name__)
 
@@ -164,6 +240,11 @@ def handle_store(event: Event, spool: Spool, index: Index) -> int:
         " (our own result)" if ours else "",
     )
     return dimse_status.SUCCESS
+
+
+def _is_tls(assoc: Any) -> bool:
+    socket = assoc.dul.socket
+    return socket is not None and isinstance(socket.socket, ssl.SSLSocket)
 
 
 def _read_header(event: Event) -> Dataset:

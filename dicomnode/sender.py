@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,9 +167,15 @@ def _send_one(assoc: Association, h: _Header) -> FileOutcome:
 
 
 def send_files(
-    destination: Destination, files: Sequence[Path], *, calling_aet: str, timeout_s: float = 30.0
+    destination: Destination,
+    files: Sequence[Path],
+    *,
+    calling_aet: str,
+    timeout_s: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> SendResult:
-    """C-STORE `files` to `destination` over one association; never raises for network faults."""
+    """C-STORE `files` to `destination` over one association (over TLS with the `tls` context);
+    never raises for network faults."""
     read = [_read_header(Path(p)) for p in files]
     headers = [h for h in read if isinstance(h, _Header)]
     ae = AE(ae_title=calling_aet)
@@ -179,7 +186,10 @@ def send_files(
     on_open: list[Any] = [(evt.EVT_CONN_OPEN, opened.append)]
     connected, d = False, destination
     if headers:
-        assoc = ae.associate(d.host, d.port, ae_title=d.ae_title, evt_handlers=on_open)
+        tls_args = None if tls is None else (tls, d.host)
+        assoc = ae.associate(
+            d.host, d.port, ae_title=d.ae_title, evt_handlers=on_open, tls_args=tls_args
+        )
         connected = assoc.is_established
         if not connected:
             failure = _association_failure(assoc, bool(opened), destination, timeout_s)

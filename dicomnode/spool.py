@@ -11,6 +11,7 @@ instance is either complete under ``instances/`` or absent (at most a stale ``.p
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -59,8 +60,9 @@ def _fsync_dir(path: Path) -> None:
 class Spool:
     """Atomic, durable storage of received instances under one root directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
         self.root = root
+        self.min_free_bytes = min_free_bytes
         self.incoming = root / "incoming"
         self.instances = root / "instances"
         root.mkdir(parents=True, exist_ok=True)
@@ -78,10 +80,15 @@ class Spool:
         """Write `data` durably as the instance `sop_uid` of `study_uid`; return its path.
 
         Replaces an earlier file of the same instance atomically. Raises ValueError for an
-        invalid UID and OSError when the disk refuses (ENOSPC, EIO...); then nothing is left
-        under ``instances/`` and the temp file is removed.
+        invalid UID and OSError when the disk refuses (ENOSPC, EIO...) or when writing would leave
+        less than `min_free_bytes` free (ENOSPC); then nothing is left under ``instances/`` and
+        the temp file is removed.
         """
         final = self.path(study_uid, sop_uid)
+        if self.min_free_bytes and self.free_bytes() - len(data) < self.min_free_bytes:
+            raise OSError(
+                errno.ENOSPC, "spool below its free-space watermark (storage.min_free_mb)"
+            )
         temp = self.incoming / f"{secrets.token_hex(16)}.part"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
         try:

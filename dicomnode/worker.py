@@ -17,6 +17,7 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 from dicomnode.analysis import analyse_study
+from dicomnode.audit import AuditLog
 from dicomnode.config import Config, Destination
 from dicomnode.logs import configure_logging
 from dicomnode.retry import RetryPolicy
@@ -130,8 +131,13 @@ def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Desti
         )
         return
     started = time.time()
+    tls = None
+    if destination.tls:
+        from dicomnode.tls import client_context
+
+        tls = client_context(config.tls)
     result = send_files(destination, list(delivery.files), calling_aet=config.node.ae_title,
-                        timeout_s=config.sending.timeout_seconds)  # fmt: skip
+                        timeout_s=config.sending.timeout_seconds, tls=tls)  # fmt: skip
     queue.record_timing(delivery.study_uid, "send", time.time() - started, time.time())
     reasons = sorted({o.reason for o in result.outcomes if not o.sent})
     status = queue.record_attempt(
@@ -144,6 +150,15 @@ def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Desti
     )
     log.info("study %s to %s: %s%s", delivery.study_uid, delivery.destination, status,
              f" ({'; '.join(reasons)})" if reasons else "")  # fmt: skip
+    AuditLog(config.audit_path).record(
+        "result-sent" if result.all_sent else "result-failed",
+        study_uid=delivery.study_uid,
+        destination=delivery.destination,
+        tls=tls is not None,
+        instances=sum(1 for o in result.outcomes if o.sent),
+        outcome=status,
+        reason="; ".join(reasons),
+    )
 
 
 class WorkerPool:

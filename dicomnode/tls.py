@@ -1,0 +1,65 @@
+"""TLS contexts for DICOM secure transport (PS3.15 Annex B): TLS 1.2 or newer.
+
+The node presents `certificate` as server and as client. With `ca_certificates` it verifies
+peers: callers' certificates (required or optional) and destinations' servers (always, when
+given; a destination's host name must then match its certificate).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from dicomnode.config import TlsSection
+
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class TlsError(ValueError):
+    """A certificate, key or CA bundle that cannot be used; the message names the file."""
+
+
+def server_context(tls: TlsSection) -> ssl.SSLContext:
+    """The listening side's context."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _VERSIONS[tls.minimum_version]
+    _load_identity(context, tls)
+    if tls.ca_certificates:
+        _load_ca(context, tls)
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+        )
+    return context
+
+
+def client_context(tls: TlsSection) -> ssl.SSLContext:
+    """The sending side's context: verifies the destination against the CA bundle, or the
+    system's trust store without one."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = _VERSIONS[tls.minimum_version]
+    if tls.certificate and tls.private_key:
+        _load_identity(context, tls)
+    if tls.ca_certificates:
+        _load_ca(context, tls)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    return context
+
+
+def _load_identity(context: ssl.SSLContext, tls: TlsSection) -> None:
+    try:
+        context.load_cert_chain(tls.certificate, tls.private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(
+            f"TLS certificate {tls.certificate!r} with key {tls.private_key!r} cannot be "
+            f"loaded: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
+
+
+def _load_ca(context: ssl.SSLContext, tls: TlsSection) -> None:
+    try:
+        context.load_verify_locations(cafile=tls.ca_certificates)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsError(
+            f"TLS CA bundle {tls.ca_certificates!r} cannot be loaded: "
+            f"{getattr(exc, 'strerror', None) or exc}"
+        ) from exc
