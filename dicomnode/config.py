@@ -107,6 +107,8 @@ class NodeSection(_Validated):
     port: int = _checked(11112, check=_port)
     max_associations: int = _checked(32, check=_positive)
     """Established associations at once; one more is rejected (transient, local limit)."""
+    network_timeout_seconds: float = _checked(30.0, check=_positive)
+    """A peer silent this long (before or inside an association) is dropped."""
 
 
 def _address_patterns(values: tuple[str, ...]) -> None:

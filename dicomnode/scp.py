@@ -42,9 +42,6 @@ MAXIMUM_PDU_SIZE = 262_144
 4 runs each, median): 16 KiB 0.50 s, 256 KiB 0.37 s, 1 MiB 0.44 s, unlimited (0) 0.39 s.
 256 KiB is as fast as any and bounds the memory one PDU may claim."""
 
-NETWORK_TIMEOUT_S = 30.0
-"""ACSE, DIMSE and idle-network timeout: a half-dead peer is dropped after this long."""
-
 _HEADER_END = Tag(0x0020, 0x000F)  # just past Series Instance UID: all the header we read
 
 
@@ -65,7 +62,9 @@ def build_ae(config: Config) -> AE:
     for sop_class in sorted(SUPPORTED_SOP_CLASSES):
         ae.add_supported_context(sop_class, list(READABLE_TRANSFER_SYNTAXES))
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT_S
+    # ACSE, DIMSE and idle-network timeout: a half-dead peer is dropped after this long.
+    timeout = config.node.network_timeout_seconds
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     # Connections that never negotiate must not lock callers out: pynetdicom's own limit
     # counts them, so it is set out of reach and `handle_requested` counts established ones.
     ae.maximum_associations = 100_000
