@@ -150,6 +150,7 @@ def handle_requested(event: Event, config: Config, audit: AuditLog) -> None:
             reason=rejection.reason,
         )
         assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
+        assoc.kill()  # as pynetdicom's own rejection: waits until the A-ASSOCIATE-RJ is out
     except Exception as exc:  # a handler must not kill the acceptor thread silently
         log.error("deciding on an association request failed: %s", type(exc).__name__)
         assoc.abort()

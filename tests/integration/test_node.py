@@ -117,6 +117,16 @@ def test_a_wrist_study_comes_back_as_sr_and_secondary_captures(
         _, err = node.communicate(timeout=60)
     assert node.returncode == 0, err[-2000:]
     assert all(r["patient_id"] not in err for r in wrist + other)
+    # The audit trail tells who sent which study and where its results went, without patient data.
+    audit_text = (tmp_path / "node" / "audit.jsonl").read_text()
+    events = [json.loads(line) for line in audit_text.splitlines()]
+    received = {e["study_uid"]: e for e in events if e["event"] == "study-received"}
+    assert received[wrist[0]["study_instance_uid"]]["calling_aets"] == ["STORESCU"]
+    assert received[wrist[0]["study_instance_uid"]]["instances"] == len(wrist)
+    sent = [e for e in events if e["event"] == "result-sent"]
+    assert [e["study_uid"] for e in sent] == [wrist[0]["study_instance_uid"]]
+    assert sent[0]["destination"].startswith(orthanc.aet) and sent[0]["instances"] >= 2
+    assert all(r["patient_id"] not in audit_text for r in wrist + other)
 
 
 def test_restart_mid_study_loses_nothing_and_late_instances_revise_the_sr(
