@@ -34,7 +34,7 @@ debian-tools:
 	fi
 
 run: install
-	$(BIN)/dicomnode serve --config config/dicomnode.toml
+	MALLOC_ARENA_MAX=2 $(BIN)/dicomnode serve --config config/dicomnode.toml
 
 # The whole loop against a private Orthanc: a synthetic two-view wrist study in, SR out.
 demo: install

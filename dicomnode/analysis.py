@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.index import InstanceRow
 from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
+from dicomnode.reports.sr import model_version
 from dicomnode.spool import Spool
 from pipeline.dicomio import DicomImageError, Radiograph, read_radiograph
 from pipeline.inference import ModelBundle, StudyPrediction, ViewPrediction
@@ -74,8 +75,9 @@ def analyse_study(
             files = (_write(results, build_not_analysed_sr(prediction.reason, context)),)
         return AnalysisOutcome(False, prediction.reason, files, prediction, timings)
     reporting = time.perf_counter()
+    predecessor = _previous_sr(results, study_uid, sources, model_version(bundle.info))
     context = ReportContext(sources=sources, bundle=bundle.info, institution=institution,
-                            predecessor=_previous_sr(results, study_uid))  # fmt: skip
+                            predecessor=predecessor)  # fmt: skip
     written = [_write(results, build_sr(prediction, context))]
     by_source: dict[str, list[ViewPrediction]] = defaultdict(list)
     for view in prediction.views:
@@ -100,14 +102,34 @@ def _write(results: Spool, dataset: Dataset) -> Path:
                          buffer.getvalue())  # fmt: skip
 
 
-def _previous_sr(results: Spool, study_uid: str) -> Dataset | None:
-    """The latest SR this node made for the study, if any (for a revision)."""
+def _previous_sr(
+    results: Spool, study_uid: str, sources: list[Dataset], version: str
+) -> Dataset | None:
+    """The latest SR this node made for the study from other inputs or with another model
+    `version`, if any: the report a new one revises.
+
+    An SR from the same inputs and model is this very analysis made before: written just before
+    a crash (never sent), or sent already and the study received again. Passing over it gives the
+    new SR that SR's own predecessor, hence the same deterministic UID: the same report again,
+    not a revision of one the PACS may never have had.
+    """
+    inputs = {str(ds.SOPInstanceUID) for ds in sources}
     folder = results.path(study_uid, "1").parent
     latest: Dataset | None = None
     for path in sorted(folder.glob("*.dcm")) if folder.exists() else []:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        if str(ds.SOPClassUID) in SR_SOP_CLASSES and (
-            latest is None or int(ds.InstanceNumber) > int(latest.InstanceNumber)
-        ):
+        if str(ds.SOPClassUID) not in SR_SOP_CLASSES:
+            continue
+        if _evidence(ds) == inputs and str(ds.get("SoftwareVersions", "")) == version:
+            continue
+        if latest is None or int(ds.InstanceNumber) > int(latest.InstanceNumber):
             latest = ds
     return latest
+
+
+def _evidence(sr: Dataset) -> set[str]:
+    """The SOP Instance UIDs an SR names as its evidence from the study."""
+    return {str(ref.ReferencedSOPInstanceUID)
+            for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+            for series in study.get("ReferencedSeriesSequence", [])
+            for ref in series.get("ReferencedSOPSequence", [])}  # fmt: skip

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 EVENTS = (
     "association-accepted",
     "association-rejected",
+    "tls-refused",
     "study-received",
     "result-sent",
     "result-failed",

@@ -149,6 +149,11 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from dicomnode.worker import WorkerPool, database
 
     configure_logging(config.logging)
+    try:
+        _check_tls_files(config)
+    except ValueError as exc:  # TlsError: names the file
+        log.error("%s", exc)
+        return 2
     os.umask(0o077)  # spool, index, results and audit trail: the service user's only
     root = config.storage.path
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -169,6 +174,13 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     scheduler.add_job(_promote, "interval", args=[queue, completeness, audit], seconds=0.25,
                       max_instances=1, coalesce=True)  # fmt: skip
     scheduler.add_job(pool.supervise, "interval", seconds=2, max_instances=1, coalesce=True)
+    if config.retention.purge_after_hours > 0:  # 0 keeps everything
+        from dicomnode.retention import scheduled_purge
+
+        scheduler.add_job(scheduled_purge, "interval", args=[queue, root,
+                          config.retention.purge_after_hours * 3600, audit],
+                          seconds=config.retention.check_interval_seconds, max_instances=1,
+                          coalesce=True)  # fmt: skip
     scheduler.start()
     server = start_server(config, spool, queue, audit)
     http = None
@@ -196,6 +208,17 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     pool.shutdown()
     queue.close()
     return 0
+
+
+def _check_tls_files(config: Config) -> None:
+    """Load the certificates, key and CA bundle once before serving: a bad file stops the start
+    with one line naming it, rather than a failure per association or per delivery."""
+    from dicomnode.tls import client_context, server_context
+
+    if config.tls.enabled:
+        server_context(config.tls)
+    if any(d.tls for d in config.destinations):
+        client_context(config.tls)
 
 
 def _promote(queue: Any, completeness: Any, audit: Any) -> None:

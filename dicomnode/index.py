@@ -11,6 +11,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,18 @@ CREATE TABLE IF NOT EXISTS instance_sizes (sop_uid TEXT PRIMARY KEY, bytes INTEG
 CREATE TABLE IF NOT EXISTS association_studies (association_id TEXT NOT NULL,
     study_uid TEXT NOT NULL, PRIMARY KEY (association_id, study_uid));
 """
+# Studies whose files retention removed (dicomnode.retention), one row per purge; created on first
+# use so that an existing index needs no migration. `state_changed_at` is the study's at the
+# purge: a study reopened and delivered again since has a newer one and is purged again later.
+_PURGED = """
+CREATE TABLE IF NOT EXISTS purged (study_uid TEXT NOT NULL, state_changed_at REAL NOT NULL,
+    purged_at REAL NOT NULL, state TEXT NOT NULL, instances INTEGER NOT NULL,
+    results INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (study_uid, state_changed_at))
+"""
+# A store into a study and a purge of it exclude each other (see `Index.study_lock`). Per process:
+# the receiver and the retention job both run in the service process. Striped, so stores into
+# different studies rarely wait for one another.
+_STUDY_LOCKS = tuple(threading.Lock() for _ in range(256))
 
 
 @dataclass(frozen=True)
@@ -232,11 +245,79 @@ class Index:
         )
         return int(rows[0][0])
 
+    def instance(self, sop_uid: str) -> InstanceRow | None:
+        """The instance `sop_uid` (our own results included), or None if not received."""
+        rows = self._query(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE sop_uid = ?",
+                           (sop_uid,))  # fmt: skip
+        return _instance_row(rows[0]) if rows else None
+
     def counts(self) -> dict[str, int]:
         """Studies per state (every state present, zero included) and the instance total."""
         result = dict.fromkeys(STUDY_STATES, 0)
         result.update(self._query("SELECT state, COUNT(*) FROM studies GROUP BY state"))
         return result | {"instances": self._query("SELECT COUNT(*) FROM instances")[0][0]}
+
+    def study_lock(self, study_uid: str) -> threading.Lock:
+        """The lock a store into `study_uid` (file and index row) and a purge of that study hold,
+        so that a purge never removes an instance being stored (in this process)."""
+        return _STUDY_LOCKS[zlib.crc32(study_uid.encode()) % len(_STUDY_LOCKS)]
+
+    def purge_candidates(self, states: tuple[str, ...], changed_before: float) -> list[StudyRow]:
+        """Studies in `states` since before `changed_before` and not purged since, oldest first."""
+        _check_state(*states)
+        marks = ", ".join("?" for _ in states)
+        with self._transaction() as db:
+            db.execute(_PURGED)
+        return self._studies(
+            f"state IN ({marks}) AND state_changed_at < ? AND NOT EXISTS (SELECT 1 FROM purged p"
+            " WHERE p.study_uid = studies.study_uid"
+            " AND p.state_changed_at = studies.state_changed_at)"
+            " ORDER BY state_changed_at, study_uid",
+            (*states, changed_before),
+        )
+
+    def record_purge(
+        self,
+        study: StudyRow,
+        *,
+        at: float,
+        instances: int,
+        results: int,
+        bytes_removed: int,
+    ) -> bool:
+        """After the files of `study` were removed: forget its instances and record the purge,
+        provided the study is still in the state `study` shows (False, nothing recorded, if it
+        moved on). The study row stays, in its final state."""
+        with self._transaction() as db:
+            db.execute(_PURGED)
+            row = db.execute(
+                "SELECT state, state_changed_at FROM studies WHERE study_uid = ?",
+                (study.study_uid,),
+            ).fetchone()
+            if row is None or (row[0], row[1]) != (study.state, study.state_changed_at):
+                return False
+            db.execute(
+                "DELETE FROM instance_sizes WHERE sop_uid IN"
+                " (SELECT sop_uid FROM instances WHERE study_uid = ?)",
+                (study.study_uid,),
+            )
+            db.execute("DELETE FROM instances WHERE study_uid = ?", (study.study_uid,))
+            db.execute(
+                "INSERT OR REPLACE INTO purged VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (study.study_uid, study.state_changed_at, at, study.state, instances, results,
+                 bytes_removed),
+            )  # fmt: skip
+            return True
+
+    def purge_totals(self) -> dict[str, int]:
+        """Purges so far: studies (each purge counted), instances, results and bytes removed."""
+        with self._transaction() as db:
+            db.execute(_PURGED)
+        row = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(instances), 0), COALESCE(SUM(results), 0),"
+            " COALESCE(SUM(bytes), 0) FROM purged"
+        )[0]
+        return dict(zip(("studies", "instances", "results", "bytes"), map(int, row), strict=True))
 
     def _studies(self, where: str, params: tuple[Any, ...]) -> list[StudyRow]:
         rows = self._query(f"SELECT {_STUDY_COLUMNS} FROM studies WHERE {where}", params)
@@ -255,7 +336,14 @@ class Index:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                # A COMMIT that failed (disk full, I/O error) may leave the transaction open;
+                # SQLite usually rolls back by itself, but does not promise it.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
 
 def _check_state(*states: str) -> None:

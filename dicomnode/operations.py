@@ -34,6 +34,7 @@ def status(config: Config, *, now: float | None = None, recent: int = 10) -> dic
                 for s in failed
             ],
             "backlog": queue.backlog(),
+            "purged": queue.purge_totals(),
         }  # fmt: skip
     finally:
         queue.close()
@@ -50,6 +51,9 @@ def format_status(report: dict[str, Any]) -> str:
                  f"{oldest['waiting_seconds']:.0f} s)"))  # fmt: skip
     backlog = report["backlog"]
     lines.append("backlog: " + (", ".join(f"{k} {v}" for k, v in backlog.items()) or "none"))
+    purged = report["purged"]
+    lines.append(f"purged after delivery: {purged['studies']} studies, "
+                 f"{purged['bytes'] / 1e6:.1f} MB")  # fmt: skip
     for failure in report["recent_failures"]:
         lines.append(f"failed {failure['at']} {failure['study_instance_uid']}: "
                      f"{failure['reason']}")  # fmt: skip
@@ -66,6 +70,9 @@ def resend(config: Config, study_uid: str) -> str:
             return f"no study {study_uid} in this node's index"
         if study.state in ("complete", "analysing"):
             return f"study {study_uid} is already queued ({study.state})"
+        if not queue.instances(study_uid):
+            return (f"study {study_uid} has no images left (purged after delivery, see "
+                    "[retention]); have the sender send it again")  # fmt: skip
         queue.set_state(study_uid, "complete", reason="resend requested")
         return f"study {study_uid} queued again (was {study.state}); a running node picks it up"
     finally:

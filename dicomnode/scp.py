@@ -9,18 +9,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import ssl
+import sqlite3
 import time
 import uuid
-import zlib
-from io import BytesIO
 from typing import Any, cast
 
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag, Tag
 from pynetdicom import AE, evt
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -30,9 +24,18 @@ from dicomnode import dimse_status
 from dicomnode.access import admit, too_many
 from dicomnode.audit import AuditLog
 from dicomnode.config import Config
+from dicomnode.connections import handle_conn_close, handle_plain_open, handle_tls_open, is_tls
 from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.index import Index
 from dicomnode.spool import Spool, is_valid_uid
+from dicomnode.store_checks import (
+    Rejected,
+    checked_pixels,
+    checked_uids,
+    known_elsewhere,
+    read_header,
+    text_value,
+)
 from pipeline.dicomio import READABLE_TRANSFER_SYNTAXES, SUPPORTED_SOP_CLASSES
 
 log = logging.getLogger(__name__)
@@ -41,16 +44,6 @@ MAXIMUM_PDU_SIZE = 262_144
 """Largest PDU we accept. storescu sending 40 x 1 MB instances to this SCP (spool fsync included,
 4 runs each, median): 16 KiB 0.50 s, 256 KiB 0.37 s, 1 MiB 0.44 s, unlimited (0) 0.39 s.
 256 KiB is as fast as any and bounds the memory one PDU may claim."""
-
-_HEADER_END = Tag(0x0020, 0x000F)  # just past Series Instance UID: all the header we read
-
-
-class _Rejected(Exception):
-    """An instance we refuse: `status` is the DIMSE status, the message the reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 def build_ae(config: Config) -> AE:
@@ -100,9 +93,15 @@ def start_server(
         from dicomnode.tls import server_context
 
         ssl_context = server_context(config.tls)
-    server = build_ae(config).start_server(
-        address, block=block, evt_handlers=handlers, ssl_context=ssl_context
-    )
+        # Not pynetdicom's ssl_context: it handshakes in the one accept loop, where a single
+        # silent caller would stall every other. handle_tls_open runs per connection.
+        timeout_s = config.node.network_timeout_seconds
+        handlers.append((evt.EVT_CONN_OPEN, handle_tls_open, [ssl_context, timeout_s, audit]))
+    else:
+        timeout_s = config.node.network_timeout_seconds
+        handlers.append((evt.EVT_CONN_OPEN, handle_plain_open, [timeout_s]))
+        handlers.append((evt.EVT_CONN_CLOSE, handle_conn_close))
+    server = build_ae(config).start_server(address, block=block, evt_handlers=handlers)
     log.info(
         "listening as %s on %s:%d%s",
         config.node.ae_title,
@@ -177,10 +176,31 @@ def handle_accepted(event: Event, index: Index, audit: AuditLog) -> None:
             calling_aet=assoc.requestor.ae_title.strip(),
             called_aet=assoc.acceptor.ae_title.strip(),
             address=assoc.requestor.address,
-            tls=_is_tls(assoc),
+            tls=is_tls(assoc),
         )
+        _log_refused_contexts(assoc)
     except Exception as exc:
         log.error("recording an accepted association failed: %s", type(exc).__name__)
+
+
+_CONTEXT_REFUSALS = {
+    0x01: "refused by the node",
+    0x02: "no reason given",
+    0x03: "SOP class not served",
+    0x04: "none of its transfer syntaxes readable",
+}
+
+
+def _log_refused_contexts(assoc: Any) -> None:
+    """One line per refused SOP class, so a sender's "no presentation context" is explained."""
+    refused: dict[str, str] = {}
+    for context in assoc.rejected_contexts:
+        syntax = context.abstract_syntax
+        name = getattr(syntax, "name", "") or str(syntax)
+        refused.setdefault(name, _CONTEXT_REFUSALS.get(context.result, f"result {context.result}"))
+    for name, reason in refused.items():
+        log.warning("association %s from %s: %s refused: %s", assoc.name,
+                    assoc.requestor.ae_title, name, reason)  # fmt: skip
 
 
 def handle_closed(event: Event, index: Index) -> None:
@@ -196,36 +216,49 @@ def handle_closed(event: Event, index: Index) -> None:
 def handle_store(event: Event, spool: Spool, index: Index) -> int:
     """C-STORE: write the instance as received to the spool, index it, then answer Success.
 
-    Never raises; every failure is one log line and a named status (see `dimse_status`).
+    First the header is checked, cheaply and without decoding pixels: parseable and whole
+    (`read_header`), UIDs valid and matching the request (`checked_uids`), a pixel
+    description that can be true (`checked_pixels`), a SOP Instance UID no other study holds
+    (`known_elsewhere`). Never raises; every failure is one log line and a named status (see
+    `dimse_status`); the log quotes validated UIDs only, never a raw value or patient data.
     """
     study_uid = "unknown"
     try:
-        header = _read_header(event)
-        study_uid = _text(header, "StudyInstanceUID")
+        header = read_header(event)
+        study_uid = text_value(header.dataset, "StudyInstanceUID")
         if not is_valid_uid(study_uid):
             study_uid = "(invalid)"  # an invalid UID may hold anything: never log it
-        sop_uid, series_uid, sop_class = _checked_uids(event, header)
-        ours = _text(header, "Manufacturer") == MANUFACTURER or _text(
-            header, "SeriesDescription"
+        sop_uid, series_uid, sop_class = checked_uids(event, header.dataset)
+        checked_pixels(header, event.context.transfer_syntax)
+        known_elsewhere(index, sop_uid, study_uid)
+        ours = text_value(header.dataset, "Manufacturer") == MANUFACTURER or text_value(
+            header.dataset, "SeriesDescription"
         ).startswith(SERIES_DESCRIPTION_PREFIX)
-        path = spool.store(study_uid, sop_uid, event.encoded_dataset())
-        duplicate = index.record_instance(
-            sop_uid=sop_uid,
-            study_uid=study_uid,
-            series_uid=series_uid,
-            sop_class_uid=sop_class,
-            path=path,
-            calling_aet=event.assoc.requestor.ae_title,
-            association_id=event.assoc.name,
-            received_at=time.time(),
-            ours=ours,
-        )
-    except _Rejected as exc:
+        with index.study_lock(study_uid):  # a retention purge of the study waits, and vice versa
+            path = spool.store(study_uid, sop_uid, event.encoded_dataset())
+            duplicate = index.record_instance(
+                sop_uid=sop_uid,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_class_uid=sop_class,
+                path=path,
+                calling_aet=event.assoc.requestor.ae_title,
+                association_id=event.assoc.name,
+                received_at=time.time(),
+                ours=ours,
+            )
+    except Rejected as exc:
         log.warning("C-STORE refused, study %s: %s", study_uid, exc)
         return exc.status
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         log.error("C-STORE failed, study %s: spool write: %s", study_uid, exc.strerror or exc)
+        return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE
+    except sqlite3.OperationalError as exc:
+        # The index's disk is full too: as transient as a full spool (the file is not indexed,
+        # the caller sends it again later); other database errors are processing failures.
+        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        log.error("C-STORE failed, study %s: index write: %s", study_uid, exc)
         return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE
     except Exception as exc:
         # The exception's message may quote dataset values (patient data): log its type only.
@@ -240,52 +273,3 @@ def handle_store(event: Event, spool: Spool, index: Index) -> int:
         " (our own result)" if ours else "",
     )
     return dimse_status.SUCCESS
-
-
-def _is_tls(assoc: Any) -> bool:
-    socket = assoc.dul.socket
-    return socket is not None and isinstance(socket.socket, ssl.SSLSocket)
-
-
-def _read_header(event: Event) -> Dataset:
-    """The dataset's elements up to Series Instance UID, without parsing the pixel data."""
-    try:
-        syntax = event.context.transfer_syntax
-        stream = event.encoded_dataset(include_meta=False)
-        if syntax.is_deflated:
-            stream = zlib.decompress(stream, -zlib.MAX_WBITS)
-        return read_dataset(
-            BytesIO(stream),
-            syntax.is_implicit_VR,
-            syntax.is_little_endian,
-            stop_when=lambda tag, vr, length: BaseTag(tag) >= _HEADER_END,
-        )
-    except Exception as exc:
-        raise _Rejected(dimse_status.CANNOT_UNDERSTAND, "dataset cannot be parsed") from exc
-
-
-def _checked_uids(event: Event, header: Dataset) -> tuple[str, str, str]:
-    """SOP Instance, Series Instance and SOP Class UIDs, checked against the request."""
-    uids = {}
-    for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
-        value = _text(header, keyword)
-        if not is_valid_uid(value):
-            raise _Rejected(dimse_status.CANNOT_UNDERSTAND, f"{keyword} missing or malformed")
-        uids[keyword] = value
-    request = cast(C_STORE, event.request)
-    if uids["SOPClassUID"] != str(request.AffectedSOPClassUID):
-        raise _Rejected(
-            dimse_status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-            f"dataset SOP Class {uids['SOPClassUID']} but request {request.AffectedSOPClassUID}",
-        )
-    if uids["SOPInstanceUID"] != str(request.AffectedSOPInstanceUID):
-        raise _Rejected(dimse_status.CANNOT_UNDERSTAND, "SOP Instance UID differs from request")
-    return uids["SOPInstanceUID"], uids["SeriesInstanceUID"], uids["SOPClassUID"]
-
-
-def _text(header: Dataset, keyword: str) -> str:
-    """An element's value as text, stripped of padding; "" if absent or undecodable."""
-    try:
-        return str(header.get(keyword, "")).strip("\0 ")
-    except Exception:
-        return ""

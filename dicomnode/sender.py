@@ -129,10 +129,47 @@ def _connect_failure(destination: Destination, timeout_s: float) -> str:
         return f"connection to {where} failed: {(exc.strerror or str(exc)).lower()}"
 
 
+def _tls_failure(destination: Destination, timeout_s: float, tls: ssl.SSLContext) -> str | None:
+    """Why a TLS connection to `destination` fails, found with one probe connection (pynetdicom
+    only logs it); None when the handshake succeeds."""
+    from dicomnode.tls import describe_failure
+
+    where = f"{destination.host}:{destination.port}"
+    try:
+        connection = socket.create_connection((destination.host, destination.port),
+                                              min(timeout_s, 5))  # fmt: skip
+    except OSError as exc:  # refused, timed out, unreachable, unknown host
+        return f"connection to {where} failed: {(exc.strerror or str(exc)).lower()}"
+    with connection:
+        try:
+            secured = tls.wrap_socket(connection, server_hostname=destination.host)
+        except OSError as exc:  # refused either way, or no handshake in time
+            return f"TLS handshake with {where} failed: {describe_failure(exc)}"
+        with secured:
+            # TLS 1.3: the server's verdict on our certificate arrives after our side of the
+            # handshake is done; a server that accepted it waits for an A-ASSOCIATE-RQ.
+            secured.settimeout(1.0)
+            try:
+                secured.recv(1)
+            except ssl.SSLError as exc:
+                return f"TLS handshake with {where} failed: {describe_failure(exc)}"
+            except OSError:
+                pass
+    return None
+
+
 def _association_failure(
-    assoc: Association, opened: bool, destination: Destination, timeout_s: float
+    assoc: Association,
+    opened: bool,
+    destination: Destination,
+    timeout_s: float,
+    tls: ssl.SSLContext | None = None,
 ) -> str:
     """One sentence on why no association was established."""
+    if tls is not None and not assoc.is_rejected:
+        failure = _tls_failure(destination, timeout_s, tls)
+        if failure is not None:
+            return failure
     if not opened:
         return _connect_failure(destination, timeout_s)
     rsp = assoc.acceptor.primitive
@@ -192,7 +229,7 @@ def send_files(
         )
         connected = assoc.is_established
         if not connected:
-            failure = _association_failure(assoc, bool(opened), destination, timeout_s)
+            failure = _association_failure(assoc, bool(opened), destination, timeout_s, tls)
             read = [h.failed(failure) if isinstance(h, _Header) else h for h in read]
         try:
             read = [_send_one(assoc, h) if isinstance(h, _Header) else h for h in read]

@@ -3,10 +3,15 @@
 The node presents `certificate` as server and as client. With `ca_certificates` it verifies
 peers: callers' certificates (required or optional) and destinations' servers (always, when
 given; a destination's host name must then match its certificate).
+
+The listening side handshakes in each connection's own thread (`accept`), never in the accept
+loop, so a caller that connects and stays silent cannot stall anyone else.
 """
 
 from __future__ import annotations
 
+import re
+import socket
 import ssl
 
 from dicomnode.config import TlsSection
@@ -43,6 +48,34 @@ def client_context(tls: TlsSection) -> ssl.SSLContext:
     else:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     return context
+
+
+def accept(connection: socket.socket, context: ssl.SSLContext, timeout_s: float) -> ssl.SSLSocket:
+    """The server side of the handshake on an accepted `connection`, within `timeout_s`.
+
+    Raises OSError (`ssl.SSLError`, `TimeoutError`) when the peer is refused or too slow; the
+    connection is then closed. The timeout stays on the socket: a peer silent this long inside
+    the association is dropped too, as `node.network_timeout_seconds` promises.
+    """
+    connection.settimeout(timeout_s)
+    return context.wrap_socket(connection, server_side=True)
+
+
+def describe_failure(exc: OSError) -> str:
+    """One phrase on why a handshake failed, for logs and delivery reasons."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"peer certificate not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        # reason: OpenSSL's short name, e.g. WRONG_VERSION_NUMBER, or TLSV1_ALERT_UNKNOWN_CA
+        # for an alert the peer sent (it refused our certificate, version or ciphers).
+        reason = str(exc.reason or exc)
+        alert = re.fullmatch(r"(?:SSLV3|TLSV1|TLSV13)_ALERT_(\w+)", reason)
+        if alert:
+            return f"refused by the peer ({alert[1].replace('_', ' ').lower()})"
+        return reason.replace("_", " ").lower()
+    if isinstance(exc, TimeoutError):
+        return "no TLS handshake within the network timeout"
+    return (exc.strerror or str(exc)).lower()
 
 
 def _load_identity(context: ssl.SSLContext, tls: TlsSection) -> None:

@@ -1,14 +1,18 @@
 """The durable work queue on top of the index: study claims and result deliveries.
 
 States move receiving -> complete (the completeness timer) -> analysing (a worker's claim) ->
-sending (results on disk) -> done or failed; out_of_scope when no wrist view was found. Every
-move is one SQLite transaction, so a crash leaves each study in a state that `recover` resumes:
-a study caught analysing is analysed again (result UIDs are deterministic, a resend is
-idempotent), deliveries not yet made are retried.
+sending (results on disk) -> done or failed; out_of_scope when no wrist view was found. A study
+that received an instance after its claim goes back to receiving instead of done or failed: its
+results do not cover that instance, the next analysis revises them. Every move is one SQLite
+transaction, so a crash leaves each study in a state that `recover` resumes: a study caught
+analysing is analysed again (result UIDs are deterministic, a resend is idempotent), deliveries
+not yet made are retried. Each delivery attempt is claimed (`claim_due`), so two workers never
+send the same results at once.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,26 @@ CREATE TABLE IF NOT EXISTS deliveries (study_uid TEXT NOT NULL, destination TEXT
     reason TEXT NOT NULL DEFAULT '', final_state TEXT NOT NULL DEFAULT 'done',
     PRIMARY KEY (study_uid, destination));
 """
+# A delivery a worker is attempting right now (see `claim_due`); a separate table, so an existing
+# index needs no migration.
+_LEASES = """
+CREATE TABLE IF NOT EXISTS delivery_leases (study_uid TEXT NOT NULL, destination TEXT NOT NULL,
+    until REAL NOT NULL, PRIMARY KEY (study_uid, destination));
+"""
+LEASE_EXTRA_MESSAGES = 3
+"""Beyond one per file, the exchanges a send may wait for: connect, association, release."""
+
+
+REVISION_REASON = "instance received during analysis"
+
+
+def _needs_revision(db: sqlite3.Connection, study_uid: str) -> bool:
+    """Whether an instance reached the study after its claim: the results just made do not
+    cover it, so instead of ending, the study goes back to the completeness timer ('receiving')
+    and is analysed again (a revision of the SR). The index only flags such an instance."""
+    row = db.execute("SELECT needs_revision FROM studies WHERE study_uid = ?",
+                     (study_uid,)).fetchone()  # fmt: skip
+    return bool(row and row[0])
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,7 @@ class WorkQueue(Index):
         super().__init__(path)
         with self._transaction() as db:
             db.execute(_DELIVERIES)
+            db.execute(_LEASES)
             for statement in _TIMINGS.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -86,8 +111,10 @@ class WorkQueue(Index):
         return self.study(row[0])
 
     def recover(self) -> int:
-        """At start-up: studies caught mid-analysis are analysed again."""
+        """At start-up: studies caught mid-analysis are analysed again, and deliveries caught
+        mid-send are due again at their time (no worker of the crashed run holds them now)."""
         with self._transaction() as db:
+            db.execute("DELETE FROM delivery_leases")
             cursor = db.execute("UPDATE studies SET state = 'complete' WHERE state = 'analysing'")
             return cursor.rowcount
 
@@ -98,6 +125,7 @@ class WorkQueue(Index):
         listing = "\n".join(str(f) for f in files)
         with self._transaction() as db:
             db.execute("DELETE FROM deliveries WHERE study_uid = ?", (study_uid,))
+            db.execute("DELETE FROM delivery_leases WHERE study_uid = ?", (study_uid,))
             for destination in destinations:
                 db.execute(
                     "INSERT INTO deliveries (study_uid, destination, files, next_attempt_at, "
@@ -106,6 +134,8 @@ class WorkQueue(Index):
                 )
             if destinations:
                 state = "sending"
+            elif _needs_revision(db, study_uid):
+                state, reason = "receiving", REVISION_REASON
             else:
                 state, reason = final_state, reason or "no destination"
             db.execute(
@@ -124,6 +154,31 @@ class WorkQueue(Index):
         return [Delivery(r[0], r[1], tuple(Path(p) for p in r[2].splitlines()), r[3], r[4])
                 for r in rows]  # fmt: skip
 
+    def claim_due(self, now: float, timeout_s: float) -> Delivery | None:
+        """Take the oldest pending delivery due at `now` for one attempt, None when none is.
+
+        The claim is a lease of `timeout_s` per network exchange the send may wait for: until
+        `record_attempt` (or the lease's end, should the worker die mid-send) no other worker
+        takes the same results, so two workers never deliver, and report, one study twice.
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT study_uid, destination, files, attempts, first_failure_at FROM deliveries d"
+                " WHERE status = 'pending' AND next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM"
+                " delivery_leases l WHERE l.study_uid = d.study_uid"
+                " AND l.destination = d.destination AND l.until > ?)"
+                " ORDER BY next_attempt_at LIMIT 1",
+                (now, now),
+            ).fetchone()
+            if row is None:
+                return None
+            delivery = Delivery(row[0], row[1], tuple(Path(p) for p in row[2].splitlines()),
+                                row[3], row[4])  # fmt: skip
+            until = now + timeout_s * (len(delivery.files) + LEASE_EXTRA_MESSAGES)
+            db.execute("INSERT OR REPLACE INTO delivery_leases VALUES (?, ?, ?)",
+                       (delivery.study_uid, delivery.destination, until))  # fmt: skip
+        return delivery
+
     def record_attempt(self, delivery: Delivery, *, sent: bool, reason: str, now: float,
                        policy: RetryPolicy, random_unit: float = 0.5,
                        give_up: bool = False) -> str:  # fmt: skip
@@ -138,6 +193,8 @@ class WorkQueue(Index):
                                  random_unit=random_unit)  # fmt: skip
             status, next_at = ("failed", now) if at is None or give_up else ("pending", at)
         with self._transaction() as db:
+            db.execute("DELETE FROM delivery_leases WHERE study_uid = ? AND destination = ?",
+                       (delivery.study_uid, delivery.destination))  # fmt: skip
             db.execute(
                 "UPDATE deliveries SET attempts = ?, first_failure_at = ?, next_attempt_at = ?, "
                 "status = ?, reason = ? WHERE study_uid = ? AND destination = ?",
@@ -155,7 +212,13 @@ class WorkQueue(Index):
                     "SELECT destination || ': ' || reason FROM deliveries "
                     "WHERE study_uid = ? AND status = 'failed'", (delivery.study_uid,),
                 ).fetchall()  # fmt: skip
-                if final == "failed":
+                if _needs_revision(db, delivery.study_uid):
+                    db.execute(
+                        "UPDATE studies SET state = 'receiving', reason = ?, state_changed_at = ? "
+                        "WHERE study_uid = ? AND state = 'sending'",
+                        (REVISION_REASON, now, delivery.study_uid),
+                    )
+                elif final == "failed":
                     db.execute(
                         "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
                         "WHERE study_uid = ? AND state = 'sending'",

@@ -8,26 +8,49 @@ delivers due results to every destination with exponential backoff.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
 import random
+import sqlite3
+import threading
 import time
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dicomnode.analysis import analyse_study
 from dicomnode.audit import AuditLog
 from dicomnode.config import Config, Destination
+from dicomnode.index import StudyRow
 from dicomnode.logs import configure_logging
 from dicomnode.retry import RetryPolicy
 from dicomnode.sender import send_files
 from dicomnode.spool import Spool
 from dicomnode.work_queue import Delivery, WorkQueue
-from pipeline.inference import ModelBundle
+
+if TYPE_CHECKING:  # the receiver imports this module: torch only in the worker processes
+    from pipeline.inference import ModelBundle
 
 log = logging.getLogger("dicomnode.worker")
 IDLE_SECONDS = 0.25
+ORPHAN_CHECK_SECONDS = 0.1
+ORPHAN_EXIT_CODE = 70
+DISK_FULL_PAUSE_SECONDS = 10.0
+"""How long a worker waits after its disk (results or index) was full before trying again."""
+DISK_FULL_REASON = "disk full while writing results: analysed again when space returns"
+
+
+class DiskFull(Exception):
+    """A write of the worker's found the disk full (results or index): the worker pauses.
+
+    `stranded` names the study it had claimed when the index, full too, could not take it back
+    into the queue; the worker puts it back once it can.
+    """
+
+    def __init__(self, cause: BaseException, stranded: str | None = None) -> None:
+        super().__init__(str(cause))
+        self.stranded = stranded
 
 
 def database(config: Config) -> Path:
@@ -51,24 +74,65 @@ def run_worker(config: Config, stop: EventType, parent: int) -> None:
     """The worker loop (a process target); returns when `stop` is set or the service that
     started it is gone (killed with -9: an orphan must not keep working on the queue)."""
     configure_logging(config.logging)
+    exit_with_parent(parent)
     queue = WorkQueue(database(config))
-    results = Spool(config.storage.path / "results")
+    # Results stop at half the receiver's watermark: studies already accepted can still be
+    # analysed while new ones are refused, and the index keeps room to record it all.
+    results = Spool(config.storage.path / "results",
+                    min_free_bytes=int(config.storage.min_free_mb * 1e6 / 2))  # fmt: skip
+    from pipeline.inference import ModelBundle
+
     bundle = ModelBundle.load(config.model.bundle)
     destinations = {destination_key(d): d for d in config.destinations}
     policy = retry_policy(config)
     log.info("worker ready with model %s %s", bundle.info.name, bundle.info.version)
+    stranded: set[str] = set()  # claimed, to be put back in the queue (see DiskFull)
     while not stop.is_set() and os.getppid() == parent:
-        worked = analyse_next(
-            queue,
-            bundle,
-            results,
-            list(destinations),
-            report_out_of_scope=config.results.report_out_of_scope,
-        )
-        worked = deliver_due(queue, destinations, config, policy) or worked
+        try:
+            for study_uid in sorted(stranded):
+                requeue(queue, study_uid)
+                stranded.discard(study_uid)
+            worked = analyse_next(
+                queue,
+                bundle,
+                results,
+                list(destinations),
+                report_out_of_scope=config.results.report_out_of_scope,
+            )
+            worked = deliver_due(queue, destinations, config, policy) or worked
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            if isinstance(exc, DiskFull) and exc.stranded:
+                stranded.add(exc.stranded)
+            # Dying would only restart the worker into the same full disk, over and over.
+            log.error("disk full (%s); pausing %.0f s", exc, DISK_FULL_PAUSE_SECONDS)
+            stop.wait(DISK_FULL_PAUSE_SECONDS)
+            continue
         if not worked:
             stop.wait(IDLE_SECONDS)
     queue.close()
+
+
+def exit_with_parent(parent: int, interval: float = ORPHAN_CHECK_SECONDS) -> threading.Thread:
+    """End this process as soon as `parent` is gone (a kill -9 of the service).
+
+    The loop in `run_worker` checks its parent only between studies, but one analysis or a send
+    to a hung PACS can take minutes: an orphan would go on writing results and delivering them
+    while the restarted service resumes the same study, so both would report it. This thread
+    ends the process within `interval`; its transactions roll back and its claim is resumed by
+    the restarted service (`WorkQueue.recover`). Not PR_SET_PDEATHSIG: that follows the parent
+    *thread*, and the supervisor restarts workers from a scheduler thread.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(ORPHAN_EXIT_CODE)  # nothing of this process may run on: no clean-up
+
+    thread = threading.Thread(target=watch, name="dicomnode-orphan-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def analyse_next(
@@ -79,10 +143,54 @@ def analyse_next(
     *,
     report_out_of_scope: bool = False,
 ) -> bool:
-    """Claim and analyse one complete study; False when there was none."""
+    """Claim and analyse one complete study; False when there was none.
+
+    A full disk (results or index) puts the study back in the queue, without the results this
+    attempt wrote (never sent, they must not become the predecessor of the next SR), and
+    raises DiskFull: the caller pauses (and, should the index refuse even that, puts the
+    study back later).
+    """
     study = queue.claim()
     if study is None:
         return False
+    folder = results.instances / study.study_uid
+    before = set(folder.glob("*.dcm"))
+    try:
+        _analyse_claimed(queue, study, bundle, results, destinations,
+                         report_out_of_scope=report_out_of_scope)  # fmt: skip
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        for path in set(folder.glob("*.dcm")) - before:
+            path.unlink(missing_ok=True)
+        log.error("study %s: %s", study.study_uid, DISK_FULL_REASON)
+        try:
+            requeue(queue, study.study_uid)
+        except Exception as again:
+            if not is_disk_full(again):
+                raise
+            raise DiskFull(again, stranded=study.study_uid) from exc
+        raise DiskFull(exc) from exc
+    return True
+
+
+def requeue(queue: WorkQueue, study_uid: str) -> None:
+    """Put a study whose results did not fit back in the queue, to be analysed again."""
+    queue.set_state(study_uid, "complete", reason=DISK_FULL_REASON)
+
+
+def _analyse_claimed(
+    queue: WorkQueue,
+    study: StudyRow,
+    bundle: ModelBundle,
+    results: Spool,
+    destinations: list[str],
+    *,
+    report_out_of_scope: bool,
+) -> None:
+    """Analyse a claimed study and schedule its results (or mark it failed or out of scope)."""
+    from dicomnode.analysis import analyse_study
+
     claimed = time.time()
     queue.record_timing(study.study_uid, "receive", study.last_received - study.first_received,
                         claimed)  # fmt: skip
@@ -91,9 +199,11 @@ def analyse_next(
         outcome = analyse_study(study.study_uid, queue.instances(study.study_uid), bundle, results,
                                 report_out_of_scope=report_out_of_scope)  # fmt: skip
     except Exception as exc:  # one bad study must not stop the worker
+        if is_disk_full(exc):  # transient: the study is not at fault (see analyse_next)
+            raise
         log.exception("study %s: analysis failed", study.study_uid)
         queue.set_state(study.study_uid, "failed", reason=f"analysis error: {type(exc).__name__}")
-        return True
+        return
     for stage, seconds in outcome.timings.items():
         queue.record_timing(study.study_uid, stage, seconds, time.time())
     if not outcome.in_scope:
@@ -103,18 +213,30 @@ def analyse_next(
                            final_state="out_of_scope", reason=outcome.reason)  # fmt: skip
         else:
             queue.set_state(study.study_uid, "out_of_scope", reason=outcome.reason)
-        return True
+        return
     queue.schedule(study.study_uid, destinations, list(outcome.files), time.time())
-    return True
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a write refused for lack of space: ENOSPC or EDQUOT from a file (the spool's
+    watermark included), SQLITE_FULL from the index, DiskFull."""
+    if isinstance(exc, DiskFull):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return (isinstance(exc, sqlite3.OperationalError)
+            and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)  # fmt: skip
 
 
 def deliver_due(queue: WorkQueue, destinations: dict[str, Destination], config: Config,
                 policy: RetryPolicy) -> bool:  # fmt: skip
-    """Attempt every due delivery once; False when none was due."""
-    due = queue.due(time.time())
-    for delivery in due:
+    """Attempt every delivery due now once; False when none was due. Each is claimed first:
+    another worker never sends the same results at the same time."""
+    now, worked = time.time(), False
+    while (delivery := queue.claim_due(now, config.sending.timeout_seconds)) is not None:
         _deliver(queue, delivery, destinations, config, policy)
-    return bool(due)
+        worked = True
+    return worked
 
 
 def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Destination],
@@ -133,9 +255,15 @@ def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Desti
     started = time.time()
     tls = None
     if destination.tls:
-        from dicomnode.tls import client_context
+        from dicomnode.tls import TlsError, client_context
 
-        tls = client_context(config.tls)
+        try:
+            tls = client_context(config.tls)
+        except TlsError as exc:  # an unreadable certificate fails this attempt, not the worker
+            log.error("study %s to %s: %s", delivery.study_uid, delivery.destination, exc)
+            queue.record_attempt(delivery, sent=False, reason=str(exc), now=time.time(),
+                                 policy=policy, random_unit=random.random())  # fmt: skip
+            return
     result = send_files(destination, list(delivery.files), calling_aet=config.node.ae_title,
                         timeout_s=config.sending.timeout_seconds, tls=tls)  # fmt: skip
     queue.record_timing(delivery.study_uid, "send", time.time() - started, time.time())

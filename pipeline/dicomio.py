@@ -220,9 +220,14 @@ def _check_attributes(ds: Dataset, label: str) -> None:
         )
     if "PixelData" not in ds:
         raise CorruptImage(f"{label}: the instance has no Pixel Data")
-    frames = ds.get("NumberOfFrames", 1)
-    if frames not in (None, "") and int(frames) > 1:
-        raise UnsupportedImage(f"{label}: multi-frame images ({frames} frames) are not supported")
+    if not ds.PixelData:  # zero length: pydicom holds None
+        raise CorruptImage(f"{label}: the Pixel Data is empty")
+    if ds.get("NumberOfFrames") not in (None, ""):  # IS: pydicom may hold 'x' as a string
+        frames = _required_int(ds, "NumberOfFrames", label)
+        if frames > 1:
+            raise UnsupportedImage(
+                f"{label}: multi-frame images ({frames} frames) are not supported"
+            )
     rows = _required_int(ds, "Rows", label)
     columns = _required_int(ds, "Columns", label)
     if rows <= 0 or columns <= 0:
@@ -277,14 +282,12 @@ def _transfer_syntax(ds: Dataset, label: str) -> UID:
 def _decode(ds: Dataset, label: str) -> np.ndarray:
     preferred = PREFERRED_DECODERS.get(_transfer_syntax(ds, label), "")
     try:
-        ds.pixel_array_options(decoding_plugin=preferred)
-        arr = ds.pixel_array
+        arr = _pixel_array(ds, preferred)
     except Exception as first:  # every decoder plugin has its own exception types
         if not preferred:
             raise CorruptImage(f"{label}: the pixel data cannot be decoded ({first})") from first
         try:  # the preferred plugin may be missing or refuse a variant: let pydicom choose
-            ds.pixel_array_options(decoding_plugin="")
-            arr = ds.pixel_array
+            arr = _pixel_array(ds, "")
         except Exception as exc:
             raise CorruptImage(f"{label}: the pixel data cannot be decoded ({exc})") from exc
     rows, columns = int(ds.Rows), int(ds.Columns)
@@ -294,6 +297,23 @@ def _decode(ds: Dataset, label: str) -> np.ndarray:
             f"{arr.shape[0]} x {arr.shape[1]}"
         )
     return np.asarray(arr)
+
+
+def _pixel_array(ds: Dataset, plugin: str) -> np.ndarray:
+    """`ds.pixel_array` decoded by `plugin` ("" lets pydicom choose).
+
+    A decoder written in Rust (pylibjpeg-rle) panics on some malformed fragments; pyo3 raises
+    that as PanicException, a BaseException, which would escape every `except Exception`:
+    it is turned into a RuntimeError here. Other BaseExceptions (KeyboardInterrupt) pass."""
+    try:
+        ds.pixel_array_options(decoding_plugin=plugin)
+        return np.asarray(ds.pixel_array)
+    except Exception:
+        raise
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise RuntimeError(f"the {plugin or 'default'} decoder panicked: {exc}") from exc
 
 
 def _colour_to_display(rgb: np.ndarray) -> np.ndarray:
@@ -312,26 +332,32 @@ def _grey_to_display(stored: np.ndarray, ds: Dataset, label: str) -> tuple[np.nd
     index = np.clip(stored, low, high) if stored.min() < low or stored.max() > high else stored
     index = (index.astype(np.int32) - low) if low else index
     domain = np.arange(low, high + 1, dtype=np.int64)
-    values = _modality(domain, ds)
+    values = _modality(domain, ds, label)
     lut, source = _voi(values, ds, label, index)
     return lut[index], source
 
 
-def _modality(domain: np.ndarray, ds: Dataset) -> np.ndarray:
+def _modality(domain: np.ndarray, ds: Dataset, label: str) -> np.ndarray:
     if "ModalityLUTSequence" in ds:
         return np.asarray(apply_modality_lut(domain, ds), dtype=np.float64)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return domain * slope + intercept
+    slope = _number(ds, "RescaleSlope", label) or 1.0
+    intercept = _number(ds, "RescaleIntercept", label) or 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = domain * slope + intercept
+    if not np.isfinite(values).all():
+        raise CorruptImage(
+            f"{label}: Rescale Slope {slope} and Intercept {intercept} overflow the value range"
+        )
+    return values
 
 
 def _voi(values: np.ndarray, ds: Dataset, label: str, index: np.ndarray) -> tuple[np.ndarray, str]:
     """The float32 display LUT over the modality values, and which VOI rule produced it."""
     if "VOILUTSequence" in ds and ds.VOILUTSequence:
         return _voi_lut_sequence(values, ds.VOILUTSequence[0], label), "voi_lut_sequence"
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        center = _first(ds.WindowCenter)
-        width = _first(ds.WindowWidth)
+    center = _number(ds, "WindowCenter", label)
+    width = _number(ds, "WindowWidth", label)
+    if center is not None and width is not None:
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
         return _window(values, center, width, function, label), "window"
     lo, hi = _percentiles(values, index)
@@ -358,10 +384,21 @@ def _voi_lut_sequence(values: np.ndarray, item: Dataset, label: str) -> np.ndarr
     return _unit(data[index].astype(np.float64) / float((1 << bits) - 1))
 
 
-def _first(value: object) -> float:
+def _number(ds: Dataset, keyword: str, label: str) -> float | None:
+    """A DS attribute (its first value) as a finite float; None when absent or empty;
+    CorruptImage when it is not a finite number (pydicom keeps 'abc' as a string)."""
+    value = ds.get(keyword)
     if isinstance(value, pydicom.multival.MultiValue):
-        value = value[0]
-    return float(value)  # type: ignore[arg-type]
+        value = value[0] if len(value) else None
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise CorruptImage(f"{label}: {keyword} {str(value)[:40]!r} is not a number") from exc
+    if not np.isfinite(number):
+        raise CorruptImage(f"{label}: {keyword} {number} is not a finite number")
+    return number
 
 
 def _window(

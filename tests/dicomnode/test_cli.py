@@ -91,3 +91,30 @@ def test_serve_stores_what_storescu_sends_and_stops_on_sigterm(
         stored = index.instances(row["study_instance_uid"])
         assert row["sop_instance_uid"] in {i.sop_uid for i in stored}
     assert not any(row["patient_id"] in err for row in rows)  # logs never name the patient
+
+
+def test_serve_with_an_unreadable_certificate_exits_2_naming_it(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tls.toml"
+    missing = tmp_path / "missing-cert.pem"
+    config.write_text(
+        f'[storage]\npath = "{tmp_path / "node"}"\n[http]\nport = 0\n'
+        f'[tls]\nenabled = true\ncertificate = "{missing}"\nprivate_key = "{missing}"\n'
+    )
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capfd.readouterr().err
+    assert "missing-cert.pem" in err and "cannot be loaded" in err
+    assert not (tmp_path / "node").exists()  # stopped before creating anything
+
+
+def test_the_receiver_does_not_import_torch() -> None:
+    # Only the analysis workers need the model: torch in the receiver costs ~700 MB of RSS.
+    code = (
+        "import sys, dicomnode.cli, dicomnode.scp, dicomnode.worker, dicomnode.health, "
+        "dicomnode.retention, dicomnode.operations; print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('torch', 'torchvision')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

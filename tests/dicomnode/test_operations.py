@@ -59,3 +59,22 @@ def test_resend_requeues_a_failed_study(storage: Path, capsys: pytest.CaptureFix
     assert queue.study("1.1").state == "complete"  # type: ignore[union-attr]
     assert main(["resend", "--storage", str(storage), "9.9"]) == 0
     assert "no study 9.9" in capsys.readouterr().out
+
+
+def test_status_counts_purges_and_resend_refuses_a_purged_study(
+    storage: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    queue = WorkQueue(storage / "index.sqlite")
+    queue.set_state("1.2", "done")
+    (study,) = queue.purge_candidates(("done",), changed_before=float("inf"))
+    assert queue.record_purge(study, at=400.0, instances=1, results=2, bytes_removed=3_000_000)
+    queue.close()
+    assert main(["status", "--storage", str(storage), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["purged"] == {"studies": 1, "instances": 1, "results": 2, "bytes": 3_000_000}
+    assert main(["status", "--storage", str(storage)]) == 0
+    assert "purged after delivery: 1 studies, 3.0 MB" in capsys.readouterr().out
+    assert main(["resend", "--storage", str(storage), "1.2"]) == 0
+    assert "has no images left (purged" in capsys.readouterr().out
+    queue = WorkQueue(storage / "index.sqlite")
+    assert queue.study("1.2").state == "done"  # type: ignore[union-attr]
