@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -102,7 +103,12 @@ def test_serve_with_an_unreadable_certificate_exits_2_naming_it(
         f'[storage]\npath = "{tmp_path / "node"}"\n[http]\nport = 0\n'
         f'[tls]\nenabled = true\ncertificate = "{missing}"\nprivate_key = "{missing}"\n'
     )
-    assert main(["serve", "--config", str(config)]) == 2
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert main(["serve", "--config", str(config)]) == 2
+    finally:  # serve configured logging onto this test's captured stderr: undo it
+        root.handlers[:], root.level = handlers, level
     err = capfd.readouterr().err
     assert "missing-cert.pem" in err and "cannot be loaded" in err
     assert not (tmp_path / "node").exists()  # stopped before creating anything
