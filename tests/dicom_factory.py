@@ -42,19 +42,24 @@ def make_dataset(
     ds.SeriesInstanceUID = "1.2.3.4.5"
     ds.Modality = "CR"
     ds.BodyPartExamined = "WRIST"
+    set_pixels(ds, pixels, photometric, bits_stored=bits_stored or pixels.dtype.itemsize * 8)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return roundtrip(ds)
+
+
+def set_pixels(ds: Dataset, pixels: np.ndarray, photometric: str, *, bits_stored: int) -> None:
+    """The Image Pixel module of `ds` describing native `pixels` (grey, or RGB interleaved)."""
     ds.Rows, ds.Columns = pixels.shape[:2]
     ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
     if pixels.ndim == 3:
         ds.PlanarConfiguration = 0
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or ds.BitsAllocated
-    ds.HighBit = ds.BitsStored - 1
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
     ds.PixelData = pixels.tobytes()
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    return roundtrip(ds)
 
 
 def roundtrip(ds: Dataset) -> Dataset:

@@ -42,6 +42,7 @@ from pynetdicom.dsutils import encode, encode_file_meta
 
 from dicomnode import dimse_status
 from pipeline.dicomio import CorruptImage, DicomImageError, UnsupportedImage
+from tests.dicom_factory import set_pixels
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498.4242"
 """Root of every UID the catalogue makes (under pydicom's root, so never a real patient's)."""
@@ -133,16 +134,9 @@ def image(
     ds.PatientID = f"BAD{case:04d}"
     ds.Modality = "CR" if sop_class == CR else "DX" if sop_class == DX else "OT"
     ds.BodyPartExamined = "WRIST"
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
-    if pixels.ndim == 3:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = pixels.dtype.itemsize * 8
-    ds.BitsStored = bits_stored or (12 if ds.BitsAllocated == 16 else ds.BitsAllocated)
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.tobytes()
+    allocated = pixels.dtype.itemsize * 8
+    default_stored = 12 if allocated == 16 else allocated
+    set_pixels(ds, pixels, photometric, bits_stored=bits_stored or default_stored)
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     return ds
