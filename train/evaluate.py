@@ -96,7 +96,10 @@ def load_model(path: Path) -> LoadedModel:
 
 def split_scores(loaded: LoadedModel, rows: list[ViewRow]) -> SplitScores:
     """Raw view logits and every aggregation's study logits for `rows`."""
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loaded.model.to(device)
+    if loaded.aggregator is not None:
+        loaded.aggregator.to(device)
     logits = predict_views(loaded.model, rows, loaded.augment, device)
     labels = np.array([r.label for r in rows])
     studies = [r.study for r in rows]
@@ -130,21 +133,30 @@ def evaluate(model_path: Path, dataset: Path, *, split: str = "test",
     """The report `evaluate --json` prints (format documented in the README)."""
     loaded = load_model(model_path)
     evaluated = split_scores(loaded, read_views(dataset, (split,)))
-    val_rows = read_views(dataset, ("val",)) if split != "val" else []
-    validation = split_scores(loaded, val_rows) if val_rows else evaluated
     bundle = loaded.bundle
-    view_cal = (Calibration(bundle["view_temperature"], _named(bundle)) if bundle
-                else calibrate(validation.view_labels, validation.view_logits))  # fmt: skip
+    fixed = _bundle_calibration(bundle)
+    val_rows = read_views(dataset, ("val",)) if split != "val" and fixed is None else []
+    validation = split_scores(loaded, val_rows) if val_rows else evaluated
+    if fixed is not None:
+        view_cal, study_cals = fixed
+    else:
+        # A bundle from before per-aggregation calibrations were recorded keeps its temperature.
+        temperature = (bundle["view_temperature"] if bundle else
+                       fit_temperature(validation.view_logits, validation.view_labels))  # fmt: skip
+        view_cal = Calibration(temperature, _instance_thresholds(validation, temperature))
+        study_cals = {}
     instance = level_report(
         evaluated.view_labels,
         apply_temperature(evaluated.view_logits, view_cal.temperature),
-        thresholds=_instance_thresholds(validation, view_cal.temperature),
+        thresholds=view_cal.thresholds,
         groups=np.array(evaluated.view_studies),
         n_boot=n_boot,
     ).to_json()
     aggregations: dict[str, Any] = {}
     for method, logits in evaluated.study_logits.items():
-        if bundle and method == bundle["aggregation"]:
+        if method in study_cals:
+            cal = study_cals[method]
+        elif bundle and method == bundle["aggregation"]:
             cal = Calibration(bundle["study_temperature"], _named(bundle))
         else:
             cal = calibrate(validation.study_labels, validation.study_logits[method])
@@ -163,7 +175,13 @@ def evaluate(model_path: Path, dataset: Path, *, split: str = "test",
     return {
         "selected": selected,
         "split": split,
-        "calibrated_on": "val" if val_rows or split == "val" else "evaluated data (optimistic)",
+        "calibrated_on": (
+            "the bundle's validation split"
+            if fixed is not None
+            else "val"
+            if val_rows or split == "val"
+            else "evaluated data (optimistic)"
+        ),
         "aggregations": aggregations,
     }
 
@@ -174,6 +192,20 @@ def _instance_thresholds(validation: SplitScores, temperature: float) -> dict[st
         HIGH_SENSITIVITY: threshold_for_sensitivity(validation.view_labels, calibrated, TARGET),
         HIGH_SPECIFICITY: threshold_for_specificity(validation.view_labels, calibrated, TARGET),
     }
+
+
+def _bundle_calibration(
+    bundle: dict[str, Any] | None,
+) -> tuple[Calibration, dict[str, Calibration]] | None:
+    """The view and per-aggregation calibrations a bundle recorded at export, if it did."""
+    recorded = (bundle or {}).get("metrics", {}).get("calibration")
+    if not recorded:
+        return None
+    view = Calibration(recorded["view"]["temperature"], recorded["view"]["thresholds"])
+    study = {
+        m: Calibration(c["temperature"], c["thresholds"]) for m, c in recorded["study"].items()
+    }
+    return view, study
 
 
 def _named(bundle: dict[str, Any]) -> dict[str, float]:

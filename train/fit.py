@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from train.data.datasets import (
     normalisation,
     read_views,
 )
+from train.data.device_data import DeviceViews, predict_device_views
 from train.data.sampler import BalancedSampler
 from train.evaluation.metrics import roc_auc, roc_curve
 
@@ -61,6 +64,23 @@ class FitConfig:
     augment: AugmentParams = field(default_factory=AugmentParams)
     max_steps: int = 0
     """Stop an epoch after this many steps (0: no limit); for smoke tests and benchmarks."""
+    schedule: str = "constant"
+    """Learning rate over the run: 'constant' (the thesis) or 'cosine' (decays to 0)."""
+    warmup_epochs: int = 0
+    """Epochs of linear learning-rate warm-up before the schedule."""
+    preload: bool = False
+    """Decode every view once into device memory and augment there (single-view models)."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup_epochs < max(self.epochs, 1):
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.preload and self.arch == "aggregator":
+            raise ValueError("preload trains single-view models; the aggregator reads studies")
+
+
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -86,24 +106,11 @@ def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]
     model = _build(config).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its kernels
     optimiser = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr,
         weight_decay=config.weight_decay,
     )  # fmt: skip
-    start_epoch, best = 0, {"val_auc_study": -1.0}
-    if resume and (run / "last.pt").exists():
-        state = torch.load(run / "last.pt", map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimiser.load_state_dict(state["optimiser"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
-    if ddp.main:
-        run.mkdir(parents=True, exist_ok=True)
-        _write_config(run, config, dataset)
-    wrapped: nn.Module = model
-    if ddp.world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
     study_mode = config.arch == "aggregator"
     train_rows = read_views(dataset, ("train",))
     val_rows = read_views(dataset, ("val",))
@@ -115,19 +122,50 @@ def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]
         train_set = ViewDataset(train_rows, training_transform(augment))
         labels = train_set.labels
     sampler = BalancedSampler(labels, seed=config.seed, rank=ddp.rank, world_size=ddp.world)
+    steps_per_epoch = math.ceil(len(sampler) / config.batch_size)
+    if config.max_steps:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps)
+    scheduler = learning_rate_schedule(optimiser, config, steps_per_epoch)
+    start_epoch, best = 0, {"val_auc_study": -1.0}
+    if resume and (run / "last.pt").exists():
+        state = torch.load(run / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        if "scheduler" in state:
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best = state["epoch"] + 1, state["best"]
+    if ddp.main:
+        run.mkdir(parents=True, exist_ok=True)
+        _write_config(run, config, dataset)
+    wrapped: nn.Module = model
+    if ddp.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     loader = DataLoader(
-        train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+        train_set, batch_size=config.batch_size, sampler=sampler,
+        num_workers=0 if config.preload else config.workers,
         collate_fn=collate_studies if study_mode else None, pin_memory=device.type == "cuda",
-        persistent_workers=config.workers > 0, drop_last=False,
+        persistent_workers=config.workers > 0 and not config.preload, drop_last=False,
     )  # fmt: skip
+    train_views = val_views = None
+    if config.preload:
+        train_views = DeviceViews(train_rows, augment, device)
+        val_views = DeviceViews(val_rows, augment, device)
     loss_fn = nn.BCEWithLogitsLoss()
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)
         wrapped.train()
         started = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
-        steps = len(loader) if not config.max_steps else min(len(loader), config.max_steps)
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}",
+        batches: Iterable[Any] = loader
+        if train_views is not None:
+            generator = torch.Generator(device).manual_seed(
+                (config.seed * 100_003 + epoch) * 1_009 + ddp.rank
+            )
+            batches = train_views.batches(sampler, batch_size=config.batch_size,
+                                          params=augment, generator=generator)  # fmt: skip
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
                    unit="batch", disable=not ddp.main, leave=False)  # fmt: skip
         for step, batch in enumerate(bar):
             if config.max_steps and step >= config.max_steps:
@@ -139,6 +177,7 @@ def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]
             optimiser.zero_grad(set_to_none=True)
             loss.backward()  # bfloat16 autocast needs no loss scaling
             optimiser.step()
+            scheduler.step()
             total_loss += float(loss.detach()) * len(target)
             correct += int(((logits.detach() > 0).float() == target).sum())
             seen += len(target)
@@ -155,12 +194,13 @@ def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]
                 "samples_per_second": samples / max(elapsed, 1e-9),
                 "ranks": ddp.world,
                 "ranks_agree": agree,
-                **_validate(model, val_rows, config, device),
+                "lr": scheduler.get_last_lr()[0],
+                **_validate(model, val_rows, config, device, val_views),
             }
             improved = metrics["val_auc_study"] > best["val_auc_study"]
             if improved:
                 best = metrics
-            _checkpoint(run, model, optimiser, epoch, best, config, improved)
+            _checkpoint(run, model, optimiser, scheduler, epoch, best, config, improved)
             with (run / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(metrics) + "\n")
             _plot(run)
@@ -173,6 +213,24 @@ def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]
     if ddp.world > 1:
         dist.destroy_process_group()
     return best
+
+
+def learning_rate_schedule(
+    optimiser: torch.optim.Optimizer, config: FitConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step factor on the learning rate: linear warm-up, then constant or cosine to 0."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    total = max(config.epochs * steps_per_epoch, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "constant":
+            return 1.0
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
 def _build(config: FitConfig) -> nn.Module:
@@ -231,7 +289,11 @@ def predict_studies(
 
 
 def _validate(
-    model: nn.Module, rows: list[Any], config: FitConfig, device: torch.device
+    model: nn.Module,
+    rows: list[Any],
+    config: FitConfig,
+    device: torch.device,
+    views: DeviceViews | None = None,
 ) -> dict[str, Any]:
     if not rows:
         return {"val_loss": float("nan"), "val_accuracy": float("nan"),
@@ -242,7 +304,11 @@ def _validate(
         instance_auc = float("nan")
         view_labels, view_logits = labels, logits
     else:
-        view_logits = predict_views(model, rows, config.augment, device)
+        view_logits = (
+            predict_device_views(model, views, config.augment)
+            if views is not None
+            else predict_views(model, rows, config.augment, device)
+        )
         view_labels = np.array([r.label for r in rows])
         probabilities = 1 / (1 + np.exp(-view_logits))
         instance_auc = _safe_auc(view_labels, probabilities)
@@ -296,13 +362,15 @@ def _checkpoint(
     run: Path,
     model: nn.Module,
     optimiser: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
     epoch: int,
     best: dict[str, Any],
     config: FitConfig,
     improved: bool,
 ) -> None:
-    state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
-             "best": best, "config": asdict(config)}  # fmt: skip
+    state = {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+             "scheduler": scheduler.state_dict(), "epoch": epoch, "best": best,
+             "config": asdict(config)}  # fmt: skip
     folder = run / "checkpoints"
     folder.mkdir(exist_ok=True)
     _atomic_save(state, folder / f"epoch_{epoch + 1:03d}.pt")

@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ARCHS = ("resnet18", "rx_lite", "rx_lite_bn", "rx_large", "rx_large_bn", "aggregator")
+ARCHS = (
+    "resnet18",
+    "resnet18_slim",
+    "rx_lite",
+    "rx_lite_bn",
+    "rx_large",
+    "rx_large_bn",
+    "aggregator",
+)
 
 
 def add_training_commands(commands: Any) -> None:
@@ -40,6 +48,14 @@ def add_training_commands(commands: Any) -> None:
     fit.add_argument(
         "--input-size", metavar="WxH", help="model input (default: the size of the dataset's views)"
     )
+    fit.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                     help="learning rate over the run (constant, as the thesis)")  # fmt: skip
+    fit.add_argument("--warmup-epochs", type=int, default=0, help="linear lr warm-up (0)")
+    fit.add_argument(
+        "--preload", action="store_true",
+        help="decode every view once into device memory and augment there (single-view models; "
+        "for GPUs that outrun the DataLoader workers)",
+    )  # fmt: skip
     fit.set_defaults(run=_fit)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a run or bundle on a dataset")
@@ -56,6 +72,11 @@ def add_training_commands(commands: Any) -> None:
     export.add_argument("--aggregator-run", type=Path, help="a trained aggregator run to include")
     export.add_argument("--name", default="wrist-fracture")
     export.add_argument("--version", default="0.1.0")
+    export.add_argument(
+        "--external-test", type=Path, metavar="DATASET",
+        help="a dataset prepared from an archive never used in training: evaluated whole, "
+        "figures in the model card",
+    )  # fmt: skip
     export.add_argument(
         "--synthetic",
         action="store_true",
@@ -81,7 +102,8 @@ def _fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
         workers=args.workers, aggregation=args.aggregation,
         init_from=str(args.init_from or ""), trunk_arch=args.trunk_arch,
-        freeze_trunk=args.freeze_trunk, max_steps=args.max_steps,
+        freeze_trunk=args.freeze_trunk, max_steps=args.max_steps, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, preload=args.preload,
         augment=AugmentParams(height=height, width=width, invert=args.invert_augmentation),
     )  # fmt: skip
     best = fit(config, args.out, resume=args.resume)
@@ -127,6 +149,7 @@ def _export(args: argparse.Namespace) -> int:
             version=args.version,
             aggregator_run=args.aggregator_run,
             synthetic=args.synthetic,
+            external_test=args.external_test,
         )
     except ValueError as exc:
         print(f"dicomnode-train export: {exc}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeAlias
 
-from pipeline.models.resnet import ResNet18Classifier, resnet18_classifier
+from pipeline.models.resnet import ResNet18Classifier, resnet18_classifier, resnet18_slim
 from pipeline.models.rx import (
     RX_LARGE_PADDINGS,
     RX_LITE_PADDINGS,
@@ -23,6 +23,7 @@ SingleViewModel: TypeAlias = ResNet18Classifier | RxNet
 
 _BUILDERS: dict[str, Callable[..., SingleViewModel]] = {
     "resnet18": resnet18_classifier,
+    "resnet18_slim": resnet18_slim,
     "rx_lite": rx_lite,
     "rx_lite_bn": rx_lite_bn,
     "rx_large": rx_large,
@@ -52,5 +53,5 @@ def min_input_side(arch: str) -> int:
         return rx_min_input_side(RX_LITE_PADDINGS)
     if arch in ("rx_large", "rx_large_bn"):
         return rx_min_input_side(RX_LARGE_PADDINGS)
-    # ResNet18 pads every strided layer and pools adaptively, so any side works.
+    # The ResNets pad every strided layer and pool adaptively, so any side works.
     return 1

@@ -177,3 +177,31 @@ def test_exported_bundle_reloads_and_predicts_identically(
     state = torch.load(tiny_run / "best.pt", weights_only=False)["model"]
     assert all(torch.equal(state[k], v) for k, v in first.model.state_dict().items())
     np.testing.assert_allclose(a.views[0].probability, b.views[0].probability)
+
+
+def test_bundle_evaluated_elsewhere_uses_only_its_own_calibration(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    other = make_tiny_dataset(tmp_path / "other", studies=30, seed=9)
+    bundle_dir = tmp_path / "bundle"
+    info = export(tiny_run, bundle_dir, name="tiny", version="0.0.1", synthetic=True,
+                  external_test=other, n_boot=100)  # fmt: skip
+    recorded = info.metrics["calibration"]
+    assert set(recorded["study"]) == {"alo", "majority", "mean", "max"}
+    external = info.metrics["external_test"]
+    assert external["split"] == "all" and external["dataset"] == "other"
+    assert sum(sum(row) for row in external["aggregations"]["mean"]["study"]["confusion"]) == 30
+    card = (bundle_dir / "MODEL_CARD.md").read_text()
+    assert "external test set (other" in card and f"**{info.aggregation}** (bundle)" in card
+    # Nothing is fitted on the evaluated data: every operating point is the bundle's, even if
+    # the other dataset's own validation split would move it.
+    report = evaluate(bundle_dir, other, split="all", n_boot=100)
+    assert report["calibrated_on"] == "the bundle's validation split"
+    for method, levels in report["aggregations"].items():
+        points = levels["study"]["operating_points"]
+        for name, threshold in recorded["study"][method]["thresholds"].items():
+            assert points[name]["threshold"] == pytest.approx(threshold)
+    view_points = report["aggregations"]["mean"]["instance"]["operating_points"]
+    assert view_points["high_specificity"]["threshold"] == pytest.approx(
+        recorded["view"]["thresholds"]["high_specificity"]
+    )

@@ -82,10 +82,14 @@ def training_transform(params: AugmentParams) -> v2.Compose:
     return v2.Compose(steps)
 
 
-def evaluation_transform(params: AugmentParams) -> v2.Compose:
-    """The evaluation preset: no randomness."""
+def evaluation_geometry(params: AugmentParams) -> v2.Compose:
+    """The evaluation preset's geometry alone: pad to the aspect, resize to the input."""
     return v2.Compose([
         PadToAspect(params.width, params.height),
         v2.Resize((params.height, params.width), antialias=True),
-        v2.Normalize([params.mean], [params.std]),
     ])  # fmt: skip
+
+
+def evaluation_transform(params: AugmentParams) -> v2.Compose:
+    """The evaluation preset: no randomness."""
+    return v2.Compose([evaluation_geometry(params), v2.Normalize([params.mean], [params.std])])

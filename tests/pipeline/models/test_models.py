@@ -22,6 +22,7 @@ from pipeline.models import (
 # Tiny inputs keep the suite fast; rx_large* needs its minimum side (computed, 286 px).
 SMALL_SIZE = {
     "resnet18": (64, 48),
+    "resnet18_slim": (64, 48),
     "rx_lite": (64, 48),
     "rx_lite_bn": (64, 48),
     "rx_large": None,
