@@ -400,19 +400,24 @@ def dataset_hash(dataset: Path) -> str:
     return hashlib.sha256((dataset / "metadata.csv").read_bytes()).hexdigest()
 
 
-def _git_commit() -> str:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).resolve().parent,
-            timeout=10,
-            check=False,
-        )
-    except OSError:
+def _git_commit(here: Path | None = None) -> str:
+    """HEAD's commit, with "+dirty" when tracked files differ from it (the run then used code
+    that no commit holds)."""
+    here = here or Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=here,
+                                  timeout=10, check=False)  # fmt: skip
+        except OSError:
+            return None
+
+    head = git("rev-parse", "HEAD")
+    if head is None or head.returncode != 0:
         return "unknown"
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+    changed = git("diff", "--quiet", "HEAD", "--")
+    dirty = changed is not None and changed.returncode == 1
+    return head.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def _plot(run: Path) -> None:

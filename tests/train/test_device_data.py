@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +129,7 @@ def test_learning_rate_schedule_warms_up_then_decays() -> None:
         scheduler.step()
     assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert rates[4] == pytest.approx(1.0) and rates[-1] < 0.02
-    assert all(a >= b for a, b in zip(rates[3:], rates[4:], strict=False))
+    assert all(a >= b for a, b in pairwise(rates[3:]))
     constant = FitConfig(dataset="-", arch="rx_lite", epochs=5)
     flat = learning_rate_schedule(torch.optim.Adam([parameter], lr=1.0), constant, 4)
     assert flat.get_last_lr() == [1.0]
@@ -140,3 +142,20 @@ def test_fit_config_refuses_bad_combinations() -> None:
         FitConfig(dataset="-", arch="rx_lite", epochs=2, warmup_epochs=2)
     with pytest.raises(ValueError, match="preload"):
         FitConfig(dataset="-", arch="aggregator", preload=True)
+
+
+def test_git_commit_marks_uncommitted_changes(tmp_path: Path) -> None:
+    from train.fit import _git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    assert _git_commit(tmp_path) == "unknown"  # not a repository
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "c")
+    clean = _git_commit(tmp_path)
+    assert len(clean) == 40 and "+" not in clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert _git_commit(tmp_path) == clean + "+dirty"
