@@ -11,8 +11,8 @@ aggregations (a separate bundle; the demo bundle keeps its hand-made aggregation
 
     python3 bench/demo_candidates.py --work /tmp/cand --out OUT [--studies 6000] [--epochs 40]
 
-Prints a Markdown table; writes `summary.json`, the winner's bundle and an archive of every
-run's metrics and plots (plus the small bundles) under --out.
+Prints a Markdown table; writes `summary.json`, the winner's bundle, an archive of every run's
+metrics and plots (plus the small bundles) and the aggregator's bundle under --out.
 """
 
 from __future__ import annotations
@@ -195,6 +195,8 @@ def main() -> int:
         }  # fmt: skip
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         print(markdown(summary).split("\n")[-1])
+        with tarfile.open(out / "aggregator-bundle.tar.gz", "w:gz") as tar:
+            tar.add(agg_bundle, arcname=agg_bundle.name)
     return 0 if winner else 1
 
 
