@@ -151,7 +151,7 @@ def fit(config: FitConfig, run: Path, *, resume: bool = False) -> dict[str, Any]
     train_views = val_views = None
     if config.preload:
         train_views = DeviceViews(train_rows, augment, device)
-        val_views = DeviceViews(val_rows, augment, device)
+        val_views = DeviceViews(val_rows, augment, device) if ddp.main else None  # rank 0 validates
     loss_fn = nn.BCEWithLogitsLoss()
     for epoch in range(start_epoch, config.epochs):
         sampler.set_epoch(epoch)

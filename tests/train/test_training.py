@@ -101,7 +101,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_ddp_with_two_gloo_processes_keeps_replicas_identical(tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "extra", [[], ["--preload", "--schedule", "cosine"]], ids=["dataloader", "preload-cosine"]
+)
+def test_ddp_with_two_gloo_processes_keeps_replicas_identical(
+    tiny: Path, tmp_path: Path, extra: list[str]
+) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [
@@ -128,6 +133,7 @@ def test_ddp_with_two_gloo_processes_keeps_replicas_identical(tiny: Path, tmp_pa
         "0",
         "--input-size",
         f"{WIDTH}x{HEIGHT}",
+        *extra,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
                             cwd=Path(__file__).resolve().parents[2])  # fmt: skip
