@@ -59,7 +59,8 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     weights: dict[str, Any] = {"model": load_weights(run)}
     if aggregator_run and loaded.aggregator is not None:
-        weights["aggregator"] = loaded.aggregator.state_dict()
+        # Evaluation may have moved it to a GPU: the bundle holds CPU tensors wherever it was made.
+        weights["aggregator"] = {k: v.cpu() for k, v in loaded.aggregator.state_dict().items()}
     torch.save(weights, out / "weights.pt")
     augment = config["augment"]
     info = BundleInfo(

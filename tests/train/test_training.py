@@ -211,3 +211,25 @@ def test_bundle_evaluated_elsewhere_uses_only_its_own_calibration(
     assert view_points["high_specificity"]["threshold"] == pytest.approx(
         recorded["view"]["thresholds"]["high_specificity"]
     )
+
+
+def test_bundle_with_a_learned_aggregator_competes_on_validation(
+    tiny: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    aggregator_run = tmp_path / "aggregator"
+    config = FitConfig(dataset=str(tiny), arch="aggregator", epochs=1, batch_size=4, workers=0,
+                       init_from=str(tiny_run), trunk_arch="rx_lite_bn", augment=TINY)  # fmt: skip
+    fit(config, aggregator_run)
+    bundle_dir = tmp_path / "bundle"
+    info = export(tiny_run, bundle_dir, name="tiny", version="0.0.1", aggregator_run=aggregator_run,
+                  synthetic=True, n_boot=100)  # fmt: skip
+    assert "learned" in info.metrics["validation_study_auc"]
+    assert "learned" in info.metrics["calibration"]["study"]
+    weights = torch.load(bundle_dir / "weights.pt", weights_only=True)
+    assert weights["aggregator"] and all(
+        t.device.type == "cpu" for t in weights["aggregator"].values()
+    )
+    trained = torch.load(aggregator_run / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(trained[k], v) for k, v in weights["aggregator"].items())
+    report = evaluate(bundle_dir, tiny, split="test", n_boot=100)
+    assert "learned" in report["aggregations"]
