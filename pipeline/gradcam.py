@@ -1,5 +1,8 @@
 """Grad-CAM explanation heat maps (Selvaraju et al.) for the single-view models.
 
+An ensemble (`pipeline.models.ViewEnsemble`) gets the mean of its members' maps, scaled again to
+a peak of 1, and the mean of their logits (its own output).
+
 The activations of `model.target_layer` are captured by a forward hook that lives only for the
 one forward pass, and their gradients come from `torch.autograd.grad`, so neither hooks nor the
 parameters' `.grad` fields are touched beyond the call. The caller chooses the mode; call
@@ -14,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+
+from pipeline.models.ensemble import ViewEnsemble
 
 
 def _target_layer(model: nn.Module) -> nn.Module:
@@ -34,6 +39,8 @@ def grad_cam_batch(
     """
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if isinstance(model, ViewEnsemble):
+        return _ensemble_grad_cam(model, images)
     layer = _target_layer(model)
     captured: list[torch.Tensor] = []
 
@@ -73,6 +80,17 @@ def grad_cam_batch(
     heatmaps = cam.detach().to(device="cpu", dtype=torch.float32).numpy()
     scores = logits.detach().to(device="cpu", dtype=torch.float32).numpy()
     return scores, heatmaps
+
+
+def _ensemble_grad_cam(
+    ensemble: ViewEnsemble, images: torch.Tensor
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    results = [grad_cam_batch(member, images) for member in ensemble.members]
+    scores = np.stack([s for s, _ in results]).mean(axis=0).astype(np.float32)
+    mean_map = np.stack([m for _, m in results]).mean(axis=0).astype(np.float32)
+    peak = mean_map.max(axis=(1, 2), keepdims=True)
+    heatmaps = np.divide(mean_map, peak, out=np.zeros_like(mean_map), where=peak > 0)
+    return scores, np.clip(heatmaps, 0.0, 1.0).astype(np.float32)
 
 
 def grad_cam(model: nn.Module, image: torch.Tensor) -> tuple[float, npt.NDArray[np.float32]]:

@@ -22,7 +22,7 @@ from torch import nn
 from pipeline.aggregation import aggregate
 from pipeline.dicomio import Radiograph
 from pipeline.gradcam import grad_cam
-from pipeline.models import build_aggregator, build_model
+from pipeline.models import build_aggregator, build_view_model
 from pipeline.preprocess.params_io import params_from_dict
 from pipeline.preprocess.study import (
     PreprocessedInstance,
@@ -46,6 +46,7 @@ class BundleInfo:
     name: str
     version: str
     arch: str
+    """A single-view architecture, or `ensemble:A+B` (the mean logit of several models)."""
     input_height: int
     input_width: int
     mean: float
@@ -118,7 +119,7 @@ class ModelBundle:
             weights = torch.load(folder / "weights.pt", map_location=device, weights_only=True)
         except FileNotFoundError as exc:
             raise BundleError(f"{folder}: weights.pt is missing") from exc
-        model = build_model(arch=info.arch)
+        model = build_view_model(arch=info.arch)
         model.load_state_dict(weights["model"])
         aggregator = None
         if "aggregator" in weights:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.aggregation import AGGREGATIONS, aggregate_studies
-from pipeline.models import build_aggregator, build_model
+from pipeline.models import build_aggregator, build_model, build_view_model
 from train.data.augment import AugmentParams
 from train.data.datasets import ViewRow, read_views
 from train.evaluation.calibration import apply_temperature, fit_temperature
@@ -71,7 +71,7 @@ def load_model(path: Path) -> LoadedModel:
     if (path / "model.json").exists():
         info = json.loads((path / "model.json").read_text(encoding="utf-8"))
         weights = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-        model = build_model(arch=info["arch"])
+        model = build_view_model(arch=info["arch"])
         model.load_state_dict(weights["model"])
         aggregator = None
         if "aggregator" in weights:

@@ -388,7 +388,7 @@ def _atomic_save(state: dict[str, Any], path: Path) -> None:
 def _write_config(run: Path, config: FitConfig, dataset: Path) -> None:
     record = {
         **asdict(config),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit_of_code(),
         "dataset_hash": dataset_hash(dataset),
         "torch": torch.__version__,
     }
@@ -400,7 +400,7 @@ def dataset_hash(dataset: Path) -> str:
     return hashlib.sha256((dataset / "metadata.csv").read_bytes()).hexdigest()
 
 
-def _git_commit(here: Path | None = None) -> str:
+def git_commit_of_code(here: Path | None = None) -> str:
     """HEAD's commit, with "+dirty" when tracked files differ from it (the run then used code
     that no commit holds)."""
     here = here or Path(__file__).resolve().parent

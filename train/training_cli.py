@@ -1,4 +1,4 @@
-"""The `fit`, `evaluate` and `export` subcommands of `dicomnode-train`."""
+"""The `fit`, `evaluate`, `export` and `ensemble` subcommands of `dicomnode-train`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ARCHS = (
 
 
 def add_training_commands(commands: Any) -> None:
-    """Register fit, evaluate and export on the `dicomnode-train` parser."""
+    """Register fit, evaluate, export and ensemble on the `dicomnode-train` parser."""
     fit = commands.add_parser("fit", help="train a model on a prepared dataset")
     fit.add_argument("dataset", type=Path)
     fit.add_argument("--arch", choices=ARCHS, required=True)
@@ -83,6 +83,27 @@ def add_training_commands(commands: Any) -> None:
         help="mark the model card: trained on synthetic data, not for clinical use",
     )
     export.set_defaults(run=_export)
+
+    ensemble = commands.add_parser(
+        "ensemble", help="exported bundles -> one bundle scoring views by their mean logit"
+    )
+    ensemble.add_argument("members", type=Path, nargs="+", metavar="BUNDLE")
+    ensemble.add_argument("--out", type=Path, required=True, help="bundle folder")
+    ensemble.add_argument(
+        "--calibration", type=Path, required=True, metavar="DATASET",
+        help="prepared data none of the members trained on: fixes aggregation, temperatures "
+        "and thresholds",
+    )  # fmt: skip
+    ensemble.add_argument("--calibration-split", choices=("val", "test", "all"), default="val")
+    ensemble.add_argument("--name", default="wrist-fracture")
+    ensemble.add_argument("--version", default="0.1.0")
+    ensemble.add_argument("--external-test", type=Path, metavar="DATASET",
+                          help="an archive never used in training or calibration")  # fmt: skip
+    ensemble.add_argument(
+        "--synthetic", action="store_true",
+        help="mark the model card: synthetic data, not for clinical use",
+    )  # fmt: skip
+    ensemble.set_defaults(run=_ensemble)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -158,4 +179,26 @@ def _export(args: argparse.Namespace) -> int:
         f"exported {info.name} {info.version} ({info.arch}, aggregation {info.aggregation}) "
         f"to {args.out}"
     )
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    from train.ensemble import export_ensemble
+
+    try:
+        info = export_ensemble(
+            args.members,
+            args.out,
+            calibration=args.calibration,
+            calibration_split=args.calibration_split,
+            name=args.name,
+            version=args.version,
+            synthetic=args.synthetic,
+            external_test=args.external_test,
+        )
+    except ValueError as exc:
+        print(f"dicomnode-train ensemble: {exc}", file=sys.stderr)
+        return 2
+    print(f"exported {info.name} {info.version} ({info.arch}, aggregation {info.aggregation}) "
+          f"to {args.out}")  # fmt: skip
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeAlias
 
+from pipeline.models.ensemble import ViewEnsemble, member_archs
 from pipeline.models.resnet import ResNet18Classifier, resnet18_classifier, resnet18_slim
 from pipeline.models.rx import (
     RX_LARGE_PADDINGS,
@@ -31,6 +32,7 @@ _BUILDERS: dict[str, Callable[..., SingleViewModel]] = {
 }
 
 ARCHITECTURES: tuple[str, ...] = tuple(_BUILDERS)
+"""The architectures a run trains; an ensemble of trained ones is named `ensemble:A+B`."""
 
 
 def build_model(*, arch: str, in_channels: int = 1, dropout: float = 0.0) -> SingleViewModel:
@@ -45,8 +47,20 @@ def build_model(*, arch: str, in_channels: int = 1, dropout: float = 0.0) -> Sin
     return builder(in_channels=in_channels, dropout=dropout)
 
 
+def build_view_model(*, arch: str) -> SingleViewModel | ViewEnsemble:
+    """The view model a bundle names: one architecture, or `ensemble:A+B[+...]` of several
+    (freshly initialised; the caller loads the bundle's weights)."""
+    members = member_archs(arch)
+    if members:
+        return ViewEnsemble([build_model(arch=m) for m in members], members)
+    return build_model(arch=arch)
+
+
 def min_input_side(arch: str) -> int:
     """Smallest input height/width in pixels that the architecture accepts."""
+    members = member_archs(arch)
+    if members:
+        return max(min_input_side(m) for m in members)
     if arch not in _BUILDERS:
         raise ValueError(f"unknown model arch {arch!r}; valid: {', '.join(ARCHITECTURES)}")
     if arch in ("rx_lite", "rx_lite_bn"):

@@ -30,7 +30,7 @@ def _studies(archive: Path) -> dict[str, list[dict[str, str]]]:
 
 
 def test_demo_bundle_is_small_and_labelled_synthetic() -> None:
-    assert sum(p.stat().st_size for p in DEMO.iterdir()) < 10 * 1024 * 1024
+    assert sum(p.stat().st_size for p in DEMO.rglob("*") if p.is_file()) < 10 * 1024 * 1024
     assert "Not for clinical use" in (DEMO / "MODEL_CARD.md").read_text()
     info = json.loads((DEMO / "model.json").read_text())
     assert 0 < info["thresholds"]["possible"] <= info["thresholds"]["likely"] < 1

@@ -14,7 +14,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from pipeline.models import build_model
-from tests.train.tiny_dataset import HEIGHT, WIDTH, make_tiny_dataset
+from tests.train.tiny_dataset import HEIGHT, WIDTH
 from train.data.augment import AugmentParams
 from train.data.datasets import read_views
 from train.data.device_data import (
@@ -29,11 +29,6 @@ from train.fit import FitConfig, fit, learning_rate_schedule, predict_views
 
 TINY = AugmentParams(height=HEIGHT, width=WIDTH, mean=0.32, std=0.12)
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"), studies=45)
 
 
 def window(top: int, left: int, height: int, width: int, mirror: float) -> CropWindows:
@@ -145,17 +140,17 @@ def test_fit_config_refuses_bad_combinations() -> None:
 
 
 def test_git_commit_marks_uncommitted_changes(tmp_path: Path) -> None:
-    from train.fit import _git_commit
+    from train.fit import git_commit_of_code
 
     def git(*args: str) -> None:
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
 
-    assert _git_commit(tmp_path) == "unknown"  # not a repository
+    assert git_commit_of_code(tmp_path) == "unknown"  # not a repository
     git("init", "-q")
     (tmp_path / "code.py").write_text("x = 1\n")
     git("add", "code.py")
     git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "c")
-    clean = _git_commit(tmp_path)
+    clean = git_commit_of_code(tmp_path)
     assert len(clean) == 40 and "+" not in clean
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert _git_commit(tmp_path) == clean + "+dirty"
+    assert git_commit_of_code(tmp_path) == clean + "+dirty"

@@ -28,20 +28,6 @@ from train.fit import FitConfig, fit
 TINY = AugmentParams(height=HEIGHT, width=WIDTH)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"), studies=45)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    config = FitConfig(dataset=str(tiny), arch="rx_lite_bn", epochs=4, batch_size=8, lr=3e-3,
-                       workers=0, augment=TINY)  # fmt: skip
-    fit(config, run)
-    return run
-
-
 def test_sampler_balances_classes_without_repeats() -> None:
     labels = [0] * 690 + [1] * 310
     sampler = BalancedSampler(labels, seed=3)
@@ -164,6 +150,7 @@ def test_exported_bundle_reloads_and_predicts_identically(
     bundle_dir = tmp_path / "bundle"
     info = export(tiny_run, bundle_dir, name="tiny", version="0.0.1", synthetic=True, n_boot=100)
     assert (bundle_dir / "MODEL_CARD.md").read_text().count("synthetic") >= 1
+    assert (bundle_dir / "curves.png").read_bytes() == (tiny_run / "curves.png").read_bytes()
     assert 0 <= info.thresholds["possible"] <= info.thresholds["likely"] <= 1
     first, second = ModelBundle.load(bundle_dir), ModelBundle.load(bundle_dir)
     paths = sorted((synthetic_archive / "dicom").rglob("*.dcm"))[:6]

@@ -1,0 +1,31 @@
+"""Fixtures of the training tests: a tiny prepared dataset and a short run on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.train.tiny_dataset import HEIGHT, WIDTH, make_tiny_dataset
+from train.data.augment import AugmentParams
+from train.fit import FitConfig, fit
+
+TINY = AugmentParams(height=HEIGHT, width=WIDTH)
+
+
+def tiny_fit(dataset: Path, run: Path, *, arch: str = "rx_lite_bn", seed: int = 0) -> Path:
+    """Four epochs of `arch` on a tiny dataset: enough to separate its two classes."""
+    config = FitConfig(dataset=str(dataset), arch=arch, epochs=4, batch_size=8, lr=3e-3,
+                       workers=0, seed=seed, augment=TINY)  # fmt: skip
+    fit(config, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"), studies=45)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_fit(tiny, tmp_path_factory.mktemp("run"))

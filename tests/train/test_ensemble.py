@@ -1,0 +1,155 @@
+"""Ensembles of single-view models: the mean logit, its Grad-CAM, export and the node's loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.dicomio import read_radiograph
+from pipeline.gradcam import grad_cam_batch
+from pipeline.inference import ModelBundle
+from pipeline.models import ViewEnsemble, build_view_model, member_archs, min_input_side
+from tests.train.conftest import tiny_fit
+from tests.train.tiny_dataset import make_tiny_dataset
+from train.ensemble import export_ensemble
+from train.evaluate import evaluate
+from train.export import export
+
+
+@pytest.fixture(scope="module")
+def member_bundles(
+    tiny: Path, tiny_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> list[Path]:
+    """Two exported members of different architectures trained on the same tiny dataset."""
+    root = tmp_path_factory.mktemp("members")
+    other_run = tiny_fit(tiny, root / "run-slim", arch="resnet18_slim", seed=1)
+    bundles = []
+    for run in (tiny_run, other_run):
+        bundle = root / f"bundle-{run.name}"
+        export(run, bundle, name="member", version="0.0.1", synthetic=True, n_boot=50)
+        bundles.append(bundle)
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def calibration_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("calibration"), studies=30, seed=5)
+
+
+def test_view_ensemble_is_the_mean_of_its_members() -> None:
+    torch.manual_seed(0)
+    ensemble = build_view_model(arch="ensemble:rx_lite_bn+resnet18_slim").eval()
+    assert isinstance(ensemble, ViewEnsemble)
+    assert ensemble.arch == "ensemble:rx_lite_bn+resnet18_slim"
+    x = torch.randn(3, 1, 64, 48)
+    with torch.no_grad():
+        expected = (ensemble.members[0](x) + ensemble.members[1](x)) / 2
+        torch.testing.assert_close(ensemble(x), expected)
+        reloaded = build_view_model(arch=ensemble.arch).eval()
+        reloaded.load_state_dict(ensemble.state_dict())
+        torch.testing.assert_close(reloaded(x), ensemble(x))
+    assert min_input_side(ensemble.arch) == min_input_side("rx_lite_bn")
+    assert member_archs("rx_lite_bn") == ()
+    with pytest.raises(ValueError, match="at least two members"):
+        member_archs("ensemble:rx_lite_bn")
+    with pytest.raises(ValueError, match="unknown model arch"):
+        build_view_model(arch="ensemble:rx_lite_bn+vgg16")
+
+
+def test_ensemble_grad_cam_is_the_renormalised_mean_of_member_maps() -> None:
+    torch.manual_seed(4)  # a seed where both untrained members' maps are not all zero
+    ensemble = build_view_model(arch="ensemble:rx_lite_bn+resnet18_slim").eval()
+    x = torch.randn(2, 1, 64, 48)
+    logits, maps = grad_cam_batch(ensemble, x)
+    (a_logits, a_maps), (b_logits, b_maps) = (grad_cam_batch(m, x) for m in ensemble.members)
+    assert a_maps.max() > 0 and b_maps.max() > 0 and not np.allclose(a_maps, b_maps)
+    np.testing.assert_allclose(logits, (a_logits + b_logits) / 2, rtol=1e-5, atol=1e-6)
+    mean = (a_maps + b_maps) / 2
+    for i in range(2):
+        assert maps[i].shape == (64, 48) and maps[i].max() == pytest.approx(1.0)
+        np.testing.assert_allclose(maps[i], mean[i] / mean[i].max(), rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
+    member_bundles: list[Path], calibration_data: Path, tmp_path: Path,
+    synthetic_archive: Path,
+) -> None:  # fmt: skip
+    external = make_tiny_dataset(tmp_path / "external", studies=24, seed=7)
+    out = tmp_path / "ensemble"
+    info = export_ensemble(member_bundles, out, calibration=calibration_data,
+                           calibration_split="all", name="tiny-ensemble", version="0.0.2",
+                           synthetic=True, external_test=external, n_boot=50)  # fmt: skip
+    assert info.arch == "ensemble:rx_lite_bn+resnet18_slim"
+    data = info.metrics["calibration_data"]
+    assert (data["dataset"], data["split"], data["studies"]) == (calibration_data.name, "all", 30)
+    assert [m["arch"] for m in info.metrics["members"]] == ["rx_lite_bn", "resnet18_slim"]
+    assert info.metrics["external_test"]["dataset"] == "external"
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Not for clinical use" in card and "ensemble of 2 single-view models" in card
+    assert sorted(p.name for p in (out / "members").iterdir()) == [
+        "0-rx_lite_bn-curves.png", "0-rx_lite_bn.md", "1-resnet18_slim-curves.png",
+        "1-resnet18_slim.md"]  # fmt: skip
+
+    # The weights are the members' own.
+    weights = torch.load(out / "weights.pt", weights_only=True)["model"]
+    for index, member in enumerate(member_bundles):
+        own = torch.load(member / "weights.pt", weights_only=True)["model"]
+        assert all(torch.equal(weights[f"members.{index}.{k}"], v) for k, v in own.items())
+
+    # The node loads it: each view's logit is the mean of the members', with a heat map.
+    bundle = ModelBundle.load(out)
+    members = [ModelBundle.load(m) for m in member_bundles]
+    radiographs = []
+    for path in sorted((synthetic_archive / "dicom").rglob("*.dcm"))[:6]:
+        try:
+            radiographs.append(read_radiograph(path))
+        except ValueError:
+            continue
+    prediction = bundle.predict(radiographs, heatmaps=True)
+    assert prediction.in_scope and prediction.level in ("negative", "possible", "likely")
+    for view in prediction.views:
+        x = bundle.tensor(view.view)
+        with torch.no_grad():
+            alone = [float(m.model(x)[0]) for m in members]
+        assert view.logit == pytest.approx(sum(alone) / 2, rel=1e-4, abs=1e-5)
+        assert view.heatmap is not None and view.heatmap.shape == view.view.pixels.shape
+
+    # Evaluated elsewhere, it uses the operating points fixed on the calibration data.
+    report = evaluate(out, external, split="all", n_boot=50)
+    assert report["calibrated_on"] == "the bundle's validation split"
+    recorded = info.metrics["calibration"]["study"]
+    for method, levels in report["aggregations"].items():
+        points = levels["study"]["operating_points"]
+        for name, threshold in recorded[method]["thresholds"].items():
+            assert points[name]["threshold"] == pytest.approx(threshold)
+
+
+def test_ensemble_refuses_members_that_do_not_fit_together(
+    member_bundles: list[Path], calibration_data: Path, tmp_path: Path
+) -> None:
+    first, second = member_bundles
+    with pytest.raises(ValueError, match="at least two"):
+        export_ensemble([first], tmp_path / "e", calibration=calibration_data, name="e",
+                        version="1")  # fmt: skip
+    with pytest.raises(ValueError, match="overwrite one of its members"):
+        export_ensemble([first, second], second, calibration=calibration_data, name="e",
+                        version="1")  # fmt: skip
+    odd = tmp_path / "odd"
+    shutil.copytree(second, odd)
+    info = json.loads((odd / "model.json").read_text())
+    (odd / "model.json").write_text(json.dumps({**info, "mean": info["mean"] + 0.1}))
+    with pytest.raises(ValueError, match="mean differs"):
+        export_ensemble([first, odd], tmp_path / "e", calibration=calibration_data, name="e",
+                        version="1")  # fmt: skip
+    nested = tmp_path / "nested"
+    export_ensemble([first, second], nested, calibration=calibration_data,
+                    calibration_split="all", name="e", version="1", n_boot=50)  # fmt: skip
+    with pytest.raises(ValueError, match="ensemble already"):
+        export_ensemble([first, nested], tmp_path / "e", calibration=calibration_data,
+                        name="e", version="1")  # fmt: skip
+    assert not (tmp_path / "e").exists()

@@ -1,0 +1,210 @@
+"""`ensemble`: exported bundles -> one bundle whose view score is the mean of their logits.
+
+The members must share the input geometry, normalisation and preprocessing (models trained on
+the same prepared data do). The ensemble is calibrated afresh, like any export: on a split of a
+calibration dataset that none of the members trained on, the study aggregation with the best
+study AUC is chosen and every aggregation's temperature and 'possible'/'likely' thresholds are
+fixed. The members' view models are kept; a member's learned aggregator is not (it pools one
+trunk's features and has no meaning for the mean of several).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.inference import BundleInfo, ModelBundle
+from pipeline.models import ViewEnsemble, ensemble_arch, member_archs
+from train.data.datasets import read_views
+from train.evaluate import LoadedModel, calibrate, evaluate, load_model, split_scores
+from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY, roc_auc
+from train.export import (
+    INTENDED_USE,
+    LIMITATIONS,
+    external_section,
+    synthetic_warning,
+    write_info,
+)
+from train.fit import dataset_hash, git_commit_of_code
+
+# What the members must agree on: the node prepares one input per view for all of them.
+_SHARED_FIELDS = ("input_height", "input_width", "mean", "std", "preprocess")
+
+
+def export_ensemble(
+    members: Sequence[Path],
+    out: Path,
+    *,
+    calibration: Path,
+    calibration_split: str = "val",
+    name: str,
+    version: str,
+    synthetic: bool = False,
+    external_test: Path | None = None,
+    n_boot: int = 2000,
+) -> BundleInfo:
+    """Write the ensemble bundle `out` from the member bundle folders and return its info.
+
+    `calibration`: a prepared dataset whose `calibration_split` ('val', 'test' or 'all') fixes
+    the aggregation, temperatures and thresholds; it must not be data the members trained on.
+    `external_test`: a dataset from an archive never used in training or calibration, evaluated
+    whole afterwards for the model card.
+    """
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two member bundles")
+    if out.resolve() in {m.resolve() for m in members}:
+        raise ValueError(f"{out}: the ensemble cannot overwrite one of its members")
+    infos = [_member_info(m) for m in members]
+    first = infos[0]
+    for path, member in zip(members[1:], infos[1:], strict=True):
+        for key in _SHARED_FIELDS:
+            if member[key] != first[key]:
+                raise ValueError(
+                    f"{path}: {key} differs from {members[0]}'s; the members of an ensemble "
+                    "must share input size, normalisation and preprocessing"
+                )
+    loaded = [load_model(m) for m in members]
+    archs = [member["arch"] for member in infos]
+    ensemble = ViewEnsemble([m.model for m in loaded], archs).eval()
+    scores = split_scores(
+        LoadedModel(ensemble, None, loaded[0].augment, None),
+        read_views(calibration, (calibration_split,)),
+    )
+    if len(set(scores.study_labels.tolist())) < 2:
+        raise ValueError(
+            f"{calibration} ({calibration_split}): calibration needs fractured and intact studies"
+        )
+    aucs = {m: roc_auc(scores.study_labels, z) for m, z in scores.study_logits.items()}
+    aggregation = max(aucs, key=lambda m: aucs[m])
+    view_cal = calibrate(scores.view_labels, scores.view_logits)
+    study_cals = {m: calibrate(scores.study_labels, z) for m, z in scores.study_logits.items()}
+    study_cal = study_cals[aggregation]
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in ensemble.state_dict().items()}
+    torch.save({"model": state}, out / "weights.pt")
+    cards = out / "members"
+    cards.mkdir(exist_ok=True)
+    for index, (path, member) in enumerate(zip(members, infos, strict=True)):
+        for source, suffix in (("MODEL_CARD.md", ".md"), ("curves.png", "-curves.png")):
+            if (path / source).exists():
+                shutil.copyfile(path / source, cards / f"{index}-{member['arch']}{suffix}")
+    info = BundleInfo(
+        name=name,
+        version=version,
+        arch=ensemble_arch(archs),
+        input_height=first["input_height"],
+        input_width=first["input_width"],
+        mean=first["mean"],
+        std=first["std"],
+        aggregation=aggregation,
+        view_temperature=view_cal.temperature,
+        study_temperature=study_cal.temperature,
+        thresholds={
+            "possible": study_cal.thresholds[HIGH_SENSITIVITY],
+            "likely": study_cal.thresholds[HIGH_SPECIFICITY],
+        },
+        preprocess=first["preprocess"],
+        trunk_arch="",
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        git_commit=git_commit_of_code(),
+        metrics={
+            "validation_study_auc": aucs,
+            "calibration": {
+                "view": asdict(view_cal),
+                "study": {m: asdict(c) for m, c in study_cals.items()},
+            },
+            "calibration_data": {
+                "dataset": calibration.name,
+                "split": calibration_split,
+                "dataset_hash": dataset_hash(calibration),
+                "studies": len(scores.study_ids),
+                "fractured": int(scores.study_labels.sum()),
+                "views": len(scores.view_labels),
+            },
+            "members": [_member_summary(i) for i in infos],
+        },
+    )
+    write_info(out, info)
+    ModelBundle.load(out)  # refuse to leave a bundle the node could not load
+    if external_test is not None:
+        external = evaluate(out, external_test, split="all", n_boot=n_boot)
+        metrics = {**info.metrics, "external_test": {
+            **external, "dataset": external_test.name,
+            "dataset_hash": dataset_hash(external_test)}}  # fmt: skip
+        info = BundleInfo(**{**asdict(info), "metrics": metrics})
+        write_info(out, info)
+    (out / "MODEL_CARD.md").write_text(ensemble_card(info, synthetic), encoding="utf-8")
+    return info
+
+
+def _member_info(bundle: Path) -> dict[str, Any]:
+    try:
+        info: dict[str, Any] = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ValueError(f"{bundle}: not a model bundle (no model.json)") from exc
+    if member_archs(info["arch"]):
+        raise ValueError(f"{bundle} is an ensemble already: list its members instead")
+    return info
+
+
+def _member_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """Who the member is and how it scored alone (its own selected aggregation)."""
+    summary = {k: info.get(k, "") for k in ("name", "version", "arch", "git_commit", "created")}
+    summary["aggregation"] = info["aggregation"]
+    validation = info.get("metrics", {}).get("validation_study_auc", {})
+    summary["validation_study_auc"] = validation.get(info["aggregation"])
+    test = info.get("metrics", {}).get("test")
+    if test:
+        summary["test_study_auc"] = test["aggregations"][info["aggregation"]]["study"]["auc"]
+    return summary
+
+
+def ensemble_card(info: BundleInfo, synthetic: bool) -> str:
+    """The ensemble bundle's model card (Markdown); members' own cards are in `members/`."""
+    members = info.metrics["members"]
+    data = info.metrics["calibration_data"]
+    rows = ["| # | member | alone: validation study AUC | alone: test study AUC | git commit |",
+            "|---|---|---|---|---|"]  # fmt: skip
+    for index, m in enumerate(members):
+        val, test = m.get("validation_study_auc"), m.get("test_study_auc")
+        rows.append(
+            f"| {index} | `{m['arch']}` ({m['name']} {m['version']}, {m['aggregation']}) | "
+            f"{'-' if val is None else f'{val:.3f}'} | {'-' if test is None else f'{test:.3f}'} "
+            f"| `{m['git_commit']}` |"
+        )
+    return f"""# Model card: {info.name} {info.version}
+
+{synthetic_warning(synthetic)}{INTENDED_USE}
+## Model
+- An ensemble of {len(members)} single-view models (`{info.arch}`): the view score is the mean
+  of their logits, input {info.input_width}x{info.input_height}; study aggregation
+  `{info.aggregation}` (chosen on calibration study AUC:
+  {", ".join(f"{k} {v:.3f}" for k, v in info.metrics["validation_study_auc"].items())}).
+  The heat map is the mean of the members' Grad-CAM maps.
+- Calibration: temperature {info.view_temperature:.3f} (views), {info.study_temperature:.3f}
+  (study), fitted on the calibration data below.
+- Levels: "possible" at calibrated study probability >= {info.thresholds["possible"]:.3f}
+  (95% sensitivity on the calibration data), "likely" at >= {info.thresholds["likely"]:.3f}
+  (95% specificity on the calibration data).
+- Assembled at git commit `{info.git_commit}`; created {info.created}.
+
+## Members
+Each member was trained and exported on its own; its model card (training data, recipe, test
+figures) and training curves are in `members/`.
+
+{chr(10).join(rows)}
+
+## Calibration data
+Split `{data["split"]}` of dataset `{data["dataset"]}` (metadata hash
+`{data["dataset_hash"][:16]}`): {data["studies"]} studies, {data["fractured"]} fractured,
+{data["views"]} views. No member trained on it.
+{external_section(info)}
+{LIMITATIONS}"""
