@@ -1,23 +1,28 @@
 """Train the demo-model candidates side by side on one GPU and compare them.
 
-One synthetic archive (seed 1001) is prepared for training and one (seed 2002, never used in
-training) as the external test set, as `make demo-model` does. Every architecture in `--archs`
-is trained with the same recipe at the same time (`fit --preload`: each process keeps its views
-in GPU memory, so they share the GPU rather than the CPU), then exported and evaluated on the
-external set. The winner is chosen *before* the external set is read: the best validation study
-AUC among the runs that finished and whose bundle fits the 10 MB demo limit. Optionally the
-learned study aggregator is trained on the winner's trunk and compared with the hand-made
-aggregations (a separate bundle; the demo bundle keeps its hand-made aggregation).
+Three synthetic archives are prepared, as `make demo-model` does: training (seed 1001),
+calibration (seed 3003) and the external test set (seed 2002); none is used for another's job.
+Every architecture in `--archs` is trained with the same recipe at the same time (`fit
+--preload`: each process keeps its views in GPU memory, so they share the GPU rather than the
+CPU) and exported. Every pair of finished runs whose weights fit the 10 MB demo limit together
+is also made into an ensemble (`dicomnode-train ensemble`, calibrated on the calibration
+archive). The winner is chosen *before* the external set is read: the best study AUC on the
+calibration archive (each candidate with its best aggregation there) among the candidates that
+finished and fit the limit; with `--calibration-studies 0` there are no ensembles and the best
+validation study AUC decides. Optionally the learned study aggregator is trained on the best
+single model's trunk and compared with the hand-made aggregations (a separate bundle).
 
     python3 bench/demo_candidates.py --work /tmp/cand --out OUT [--studies 6000] [--epochs 40]
 
-Prints a Markdown table; writes `summary.json`, the winner's bundle, an archive of every run's
-metrics and plots (plus the small bundles) and the aggregator's bundle under --out.
+Prints a Markdown table; writes `summary.json`, the winner's bundle (`bundle.tar.gz`), an
+archive of every run's metrics and plots (plus the small bundles) and the aggregator's bundle
+under --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -38,6 +43,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--studies", type=int, default=6000)
     parser.add_argument("--heldout-studies", type=int, default=400)
+    parser.add_argument("--calibration-studies", type=int, default=800,
+                        help="the ensembles' calibration archive (0: no ensembles)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--archs", default="rx_large_bn,resnet18_slim,resnet18")
     parser.add_argument("--fit", default=DEFAULT_FIT, help="fit flags shared by every run")
@@ -60,7 +67,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "log.txt").open("a", encoding="utf-8")
 
-    def run(*command: str | Path, quiet: bool = True) -> None:
+    def run(*command: str | Path | int, quiet: bool = True) -> None:
         started = time.perf_counter()
         result = subprocess.run([*train, *map(str, command)], capture_output=True, text=True,
                                 check=False)  # fmt: skip
@@ -77,8 +84,9 @@ def main() -> int:
     started = time.perf_counter()
     key = work / "pseudonym.key"
     for name, studies, seed in (("archive", args.studies, 1001),
+                                ("calibration", args.calibration_studies, 3003),
                                 ("heldout", args.heldout_studies, 2002)):  # fmt: skip
-        if not (work / f"{name}-dataset" / "metadata.csv").exists():
+        if studies and not (work / f"{name}-dataset" / "metadata.csv").exists():
             run("synth", "--out", work / name, "--studies", studies, "--seed", seed,
                 "--syntaxes", "native", "--workers", args.workers)  # fmt: skip
             run("prepare", work / name, "--labels", work / name / "labels.csv",
@@ -86,6 +94,7 @@ def main() -> int:
                 "--workers", args.workers)  # fmt: skip
     timings["data_seconds"] = time.perf_counter() - started
     dataset, heldout = work / "archive-dataset", work / "heldout-dataset"
+    calibration = work / "calibration-dataset" if args.calibration_studies else None
 
     archs = args.archs.split(",")
     fits: dict[str, subprocess.Popen[str]] = {}
@@ -128,7 +137,7 @@ def main() -> int:
     for arch in candidates:
         bundle = work / f"bundle-{arch}"
         command = [*train, "export", str(work / f"run-{arch}"), "--out", str(bundle), "--name",
-                   "wrist-demo", "--version", "2.0.0", "--synthetic", "--external-test",
+                   "wrist-demo", "--version", "2.1.0", "--synthetic", "--external-test",
                    str(heldout)]  # fmt: skip
         exports[arch] = subprocess.Popen(command, stdout=subprocess.PIPE,
                                          stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -139,34 +148,60 @@ def main() -> int:
             candidates[arch]["export_failed"] = True
             continue
         info = json.loads((work / f"bundle-{arch}" / "model.json").read_text())
-        size = sum(f.stat().st_size for f in (work / f"bundle-{arch}").iterdir())
+        size = (work / f"bundle-{arch}" / "weights.pt").stat().st_size
         candidates[arch].update(
             bundle_bytes=size, aggregation=info["aggregation"],
             validation_study_auc=info["metrics"]["validation_study_auc"][info["aggregation"]],
             test=info["metrics"]["test"], external=info["metrics"]["external_test"],
         )  # fmt: skip
+    singles = [
+        a for a, c in candidates.items() if c["complete"] and not c.get("export_failed")
+    ]  # fmt: skip
+    if calibration is not None:
+        for arch in singles:
+            report = evaluate_json(train, work / f"bundle-{arch}", calibration)
+            candidates[arch]["calibration_study_auc"] = max(
+                levels["study"]["auc"] for levels in report["aggregations"].values()
+            )
+        for pair in itertools.combinations(singles, 2):
+            if sum(candidates[a]["bundle_bytes"] for a in pair) >= BUNDLE_LIMIT_BYTES:
+                continue
+            name = "ensemble:" + "+".join(pair)
+            bundle = work / f"bundle-{'+'.join(pair)}"
+            run("ensemble", *(work / f"bundle-{a}" for a in pair), "--out", bundle,
+                "--name", "wrist-demo", "--version", "2.1.0", "--synthetic", "--calibration",
+                calibration, "--calibration-split", "all", "--external-test", heldout)  # fmt: skip
+            info = json.loads((bundle / "model.json").read_text())
+            candidates[name] = {
+                "arch": name, "complete": True, "bundle": bundle.name,
+                "epochs_run": min(candidates[a]["epochs_run"] for a in pair),
+                "train_seconds": None, "median_images_per_second": None,
+                "bundle_bytes": (bundle / "weights.pt").stat().st_size,
+                "aggregation": info["aggregation"],
+                "calibration_study_auc": info["metrics"]["validation_study_auc"][
+                    info["aggregation"]],
+                "external": info["metrics"]["external_test"],
+            }  # fmt: skip
     eligible = [
         c for c in candidates.values()
         if c["complete"] and not c.get("export_failed") and c["bundle_bytes"] < BUNDLE_LIMIT_BYTES
     ]  # fmt: skip
-    # Chosen on validation only: the external test set plays no part in the choice.
-    winner = max(eligible, key=lambda c: c["validation_study_auc"])["arch"] if eligible else None
+    # Chosen on validation (or calibration) data only: the external test set plays no part.
+    criterion = "calibration_study_auc" if calibration is not None else "validation_study_auc"
+    winner = max(eligible, key=lambda c: c[criterion])["arch"] if eligible else None
+    best_single = max((candidates[a] for a in singles if a in {c["arch"] for c in eligible}),
+                      key=lambda c: c[criterion], default=None)  # fmt: skip
 
-    summary = {"winner": winner, "timings": timings, "candidates": candidates,
-               "aggregator": {}, "epochs": args.epochs, "fit": args.fit,
-               "studies": args.studies}  # fmt: skip
+    summary = {"winner": winner, "criterion": criterion, "timings": timings,
+               "candidates": candidates, "aggregator": {}, "epochs": args.epochs,
+               "fit": args.fit, "studies": args.studies}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(markdown(summary), flush=True)
     if winner:
-        bundle = work / f"bundle-{winner}"
-        (out / "bundle").mkdir(exist_ok=True)
-        for name in ("weights.pt", "model.json", "MODEL_CARD.md"):
-            (out / "bundle" / name).write_bytes((bundle / name).read_bytes())
-        (out / "bundle" / "curves.png").write_bytes(
-            (work / f"run-{winner}" / "curves.png").read_bytes()
-        )
+        with tarfile.open(out / "bundle.tar.gz", "w:gz") as tar:
+            tar.add(work / candidates[winner].get("bundle", f"bundle-{winner}"), arcname="bundle")
     with tarfile.open(out / "runs.tar.gz", "w:gz") as tar:
-        for arch in candidates:
+        for arch in singles:
             for name in ("metrics.jsonl", "curves.png", "roc.png", "config.json"):
                 path = work / f"run-{arch}" / name
                 if path.exists():
@@ -178,18 +213,19 @@ def main() -> int:
             else:
                 tar.add(bundle / "model.json", arcname=f"bundle-{arch}/model.json")
     elapsed = time.perf_counter() - started
-    if winner and args.aggregator_epochs and elapsed < args.aggregator_before:
-        agg_run = work / f"run-aggregator-{winner}"
-        run("fit", dataset, "--arch", "aggregator", "--init-from", work / f"run-{winner}",
-            "--trunk-arch", winner, "--out", agg_run, "--epochs", args.aggregator_epochs,
+    if best_single and args.aggregator_epochs and elapsed < args.aggregator_before:
+        trunk = best_single["arch"]  # the aggregator pools one trunk's features
+        agg_run = work / f"run-aggregator-{trunk}"
+        run("fit", dataset, "--arch", "aggregator", "--init-from", work / f"run-{trunk}",
+            "--trunk-arch", trunk, "--out", agg_run, "--epochs", args.aggregator_epochs,
             "--batch-size", "16", "--lr", "1e-4", "--workers", min(args.workers, 14))  # fmt: skip
-        agg_bundle = work / f"bundle-{winner}-aggregator"
-        run("export", work / f"run-{winner}", "--out", agg_bundle, "--aggregator-run", agg_run,
-            "--name", "wrist-demo-aggregator", "--version", "2.0.0", "--synthetic",
+        agg_bundle = work / f"bundle-{trunk}-aggregator"
+        run("export", work / f"run-{trunk}", "--out", agg_bundle, "--aggregator-run", agg_run,
+            "--name", "wrist-demo-aggregator", "--version", "2.1.0", "--synthetic",
             "--external-test", heldout)  # fmt: skip
         info = json.loads((agg_bundle / "model.json").read_text())
         summary["aggregator"] = {
-            "trunk": winner, "selected": info["aggregation"],
+            "trunk": trunk, "selected": info["aggregation"],
             "validation_study_auc": info["metrics"]["validation_study_auc"],
             "external": info["metrics"]["external_test"],
         }  # fmt: skip
@@ -197,20 +233,30 @@ def main() -> int:
         print(markdown(summary).split("\n")[-1])
         with tarfile.open(out / "aggregator-bundle.tar.gz", "w:gz") as tar:
             tar.add(agg_bundle, arcname=agg_bundle.name)
-    return 0 if winner else 1
+    return 0 if summary["winner"] else 1
+
+
+def evaluate_json(train: list[str], bundle: Path, dataset: Path) -> dict[str, Any]:
+    """`evaluate BUNDLE DATASET --split all --json`, parsed."""
+    result = subprocess.run([*train, "evaluate", str(bundle), str(dataset), "--split", "all",
+                             "--json", "--bootstrap", "200"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def markdown(summary: dict[str, Any]) -> str:
     """The comparison as a Markdown table (external test set, each aggregation)."""
     lines = [
-        f"winner (best validation study AUC, complete, bundle < 10 MB): {summary['winner']}",
+        f"winner (best {summary['criterion'].replace('_', ' ')}, complete, weights < 10 MB): "
+        f"{summary['winner']}",
         f"data {summary['timings']['data_seconds']:.0f} s; training wall "
         f"{summary['timings']['training_wall_seconds']:.0f} s; {summary['epochs']} epochs, "
         f"fit {summary['fit']}",
         "",
-        "| model | epochs | train s | img/s | MB | val AUC | aggregation | ext. AUC [95% CI] "
-        "| sens/spec (high sens) | sens/spec (high spec) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | epochs | train s | img/s | MB | val AUC | cal. AUC | aggregation "
+        "| ext. AUC [95% CI] | sens/spec (high sens) | sens/spec (high spec) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in summary["candidates"].values():
         if "external" not in c:
@@ -223,11 +269,12 @@ def markdown(summary: dict[str, Any]) -> str:
                 s["operating_points"]["high_specificity"],
             )
             mark = " (bundle)" if method == c["aggregation"] else ""
-            train_s = f"{c['train_seconds']:.0f}" if c["train_seconds"] else "cut"
+            train_s = f"{c['train_seconds']:.0f}" if c["train_seconds"] else "-"
             lines.append(
                 f"| {c['arch']} | {c['epochs_run']} | {train_s} | "
-                f"{c['median_images_per_second']:.0f} | {c['bundle_bytes'] / 1e6:.1f} | "
-                f"{c['validation_study_auc']:.3f} | {method}{mark} | {s['auc']:.3f} "
+                f"{_figure(c['median_images_per_second'], '.0f')} | "
+                f"{c['bundle_bytes'] / 1e6:.1f} | {_figure(c.get('validation_study_auc'))} | "
+                f"{_figure(c.get('calibration_study_auc'))} | {method}{mark} | {s['auc']:.3f} "
                 f"[{s['auc_ci95'][0]:.3f}, {s['auc_ci95'][1]:.3f}] | "
                 f"{hs['sensitivity']:.3f}/{hs['specificity']:.3f} | "
                 f"{hp['sensitivity']:.3f}/{hp['specificity']:.3f} |"
@@ -242,6 +289,10 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"; validation AUCs {json.dumps(aggregator['validation_study_auc'])}"
             )
     return "\n".join(lines)
+
+
+def _figure(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":
