@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # on an independent calibration archive (see the model card). About 10 minutes on one H100 GPU,
 # data included; on a 2-core CPU, many hours.
 DEMO_STUDIES ?= 6000
+DEMO_CALIBRATION_STUDIES ?= 800
+DEMO_HELDOUT_STUDIES ?= 400
 DEMO_MEMBERS ?= rx_lite_bn resnet18_slim
 DEMO_FIT ?= --epochs 40 --batch-size 32 --lr 1e-3 --schedule cosine --warmup-epochs 2 --preload
 DEMO_WORKERS ?= $(shell nproc)
@@ -81,8 +83,8 @@ define demo_archive
 endef
 demo-model: install
 	$(call demo_archive,archive,$(DEMO_STUDIES),1001)
-	$(call demo_archive,calibration,800,3003)
-	$(call demo_archive,heldout,400,2002)
+	$(call demo_archive,calibration,$(DEMO_CALIBRATION_STUDIES),3003)
+	$(call demo_archive,heldout,$(DEMO_HELDOUT_STUDIES),2002)
 	for arch in $(DEMO_MEMBERS); do \
 	  $(BIN)/dicomnode-train fit $(DEMO_WORK)/archive-dataset --arch $$arch \
 	    --out $(DEMO_WORK)/run-$$arch $(DEMO_FIT) && \

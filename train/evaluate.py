@@ -176,7 +176,7 @@ def evaluate(model_path: Path, dataset: Path, *, split: str = "test",
         "selected": selected,
         "split": split,
         "calibrated_on": (
-            "the bundle's validation split"
+            _bundle_calibration_data(bundle)
             if fixed is not None
             else "val"
             if val_rows or split == "val"
@@ -206,6 +206,14 @@ def _bundle_calibration(
         m: Calibration(c["temperature"], c["thresholds"]) for m, c in recorded["study"].items()
     }
     return view, study
+
+
+def _bundle_calibration_data(bundle: dict[str, Any] | None) -> str:
+    """Where the bundle's recorded operating points were fixed, in words."""
+    data = (bundle or {}).get("metrics", {}).get("calibration_data")
+    if not data:
+        return "the bundle's validation split"
+    return f"the bundle's calibration data ({data['dataset']}, split {data['split']})"
 
 
 def _named(bundle: dict[str, Any]) -> dict[str, float]:

@@ -121,7 +121,9 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
 
     # Evaluated elsewhere, it uses the operating points fixed on the calibration data.
     report = evaluate(out, external, split="all", n_boot=50)
-    assert report["calibrated_on"] == "the bundle's validation split"
+    assert report["calibrated_on"] == (
+        f"the bundle's calibration data ({calibration_data.name}, split all)"
+    )
     recorded = info.metrics["calibration"]["study"]
     for method, levels in report["aggregations"].items():
         points = levels["study"]["operating_points"]
