@@ -73,14 +73,13 @@ def export_ensemble(
     loaded = [load_model(m) for m in members]
     archs = [member["arch"] for member in infos]
     ensemble = ViewEnsemble([m.model for m in loaded], archs).eval()
-    scores = split_scores(
-        LoadedModel(ensemble, None, loaded[0].augment, None),
-        read_views(calibration, (calibration_split,)),
-    )
-    if len(set(scores.study_labels.tolist())) < 2:
+    rows = read_views(calibration, (calibration_split,))
+    if len({r.label for r in rows}) < 2:
         raise ValueError(
-            f"{calibration} ({calibration_split}): calibration needs fractured and intact studies"
+            f"{calibration} (split {calibration_split}): calibration needs fractured and intact "
+            "studies"
         )
+    scores = split_scores(LoadedModel(ensemble, None, loaded[0].augment, None), rows)
     aucs = {m: roc_auc(scores.study_labels, z) for m, z in scores.study_logits.items()}
     aggregation = max(aucs, key=lambda m: aucs[m])
     view_cal = calibrate(scores.view_labels, scores.view_logits)

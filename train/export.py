@@ -47,9 +47,10 @@ def export(
         raise ValueError(f"{run} is an aggregator run: export its trunk run with --aggregator-run")
     dataset = Path(config["dataset"])
     loaded = load_model(aggregator_run) if aggregator_run else load_model(run)
-    validation = split_scores(loaded, read_views(dataset, ("val",)))
-    if not len(validation.study_labels) or len(set(validation.study_labels.tolist())) < 2:
+    rows = read_views(dataset, ("val",))
+    if len({r.label for r in rows}) < 2:
         raise ValueError(f"{dataset}: the validation split needs fractured and intact studies")
+    validation = split_scores(loaded, rows)
     aucs = {m: roc_auc(validation.study_labels, z) for m, z in validation.study_logits.items()}
     aggregation = max(aucs, key=lambda m: aucs[m])
     view_cal = calibrate(validation.view_labels, validation.view_logits)

@@ -148,6 +148,10 @@ def test_ensemble_refuses_members_that_do_not_fit_together(
     with pytest.raises(ValueError, match="mean differs"):
         export_ensemble([first, odd], tmp_path / "e", calibration=calibration_data, name="e",
                         version="1")  # fmt: skip
+    no_val = make_tiny_dataset(tmp_path / "no-val", studies=3)  # every study in train
+    with pytest.raises(ValueError, match="calibration needs fractured and intact studies"):
+        export_ensemble([first, second], tmp_path / "e", calibration=no_val, name="e",
+                        version="1")  # fmt: skip
     nested = tmp_path / "nested"
     export_ensemble([first, second], nested, calibration=calibration_data,
                     calibration_split="all", name="e", version="1", n_boot=50)  # fmt: skip
