@@ -23,8 +23,7 @@ import torch
 from pipeline.inference import BundleInfo, ModelBundle
 from pipeline.models import ViewEnsemble, ensemble_arch, member_archs
 from train.data.datasets import read_views
-from train.evaluate import LoadedModel, calibrate, evaluate, load_model, split_scores
-from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY, roc_auc
+from train.evaluate import LoadedModel, evaluate, fix_calibration, load_model, split_scores
 from train.export import (
     INTENDED_USE,
     LIMITATIONS,
@@ -80,11 +79,7 @@ def export_ensemble(
             "studies"
         )
     scores = split_scores(LoadedModel(ensemble, None, loaded[0].augment, None), rows)
-    aucs = {m: roc_auc(scores.study_labels, z) for m, z in scores.study_logits.items()}
-    aggregation = max(aucs, key=lambda m: aucs[m])
-    view_cal = calibrate(scores.view_labels, scores.view_logits)
-    study_cals = {m: calibrate(scores.study_labels, z) for m, z in scores.study_logits.items()}
-    study_cal = study_cals[aggregation]
+    fixed = fix_calibration(scores)
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in ensemble.state_dict().items()}
@@ -103,23 +98,17 @@ def export_ensemble(
         input_width=first["input_width"],
         mean=first["mean"],
         std=first["std"],
-        aggregation=aggregation,
-        view_temperature=view_cal.temperature,
-        study_temperature=study_cal.temperature,
-        thresholds={
-            "possible": study_cal.thresholds[HIGH_SENSITIVITY],
-            "likely": study_cal.thresholds[HIGH_SPECIFICITY],
-        },
+        aggregation=fixed.aggregation,
+        view_temperature=fixed.view.temperature,
+        study_temperature=fixed.study[fixed.aggregation].temperature,
+        thresholds=fixed.levels(),
         preprocess=first["preprocess"],
         trunk_arch="",
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=git_commit_of_code(),
         metrics={
-            "validation_study_auc": aucs,
-            "calibration": {
-                "view": asdict(view_cal),
-                "study": {m: asdict(c) for m, c in study_cals.items()},
-            },
+            "validation_study_auc": fixed.study_aucs,
+            "calibration": fixed.recorded(),
             "calibration_data": {
                 "dataset": calibration.name,
                 "split": calibration_split,

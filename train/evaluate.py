@@ -9,7 +9,7 @@ when the bundle or run has one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from train.evaluation.metrics import (
     HIGH_SENSITIVITY,
     HIGH_SPECIFICITY,
     level_report,
+    roc_auc,
     threshold_for_sensitivity,
     threshold_for_specificity,
 )
@@ -126,6 +127,39 @@ def calibrate(labels: np.ndarray, logits: np.ndarray) -> Calibration:
         HIGH_SENSITIVITY: threshold_for_sensitivity(labels, calibrated, TARGET),
         HIGH_SPECIFICITY: threshold_for_specificity(labels, calibrated, TARGET),
     })  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FixedCalibration:
+    """What a bundle's validation (or calibration) data fixes, before any test data is read."""
+
+    aggregation: str
+    """The aggregation with the best study AUC there."""
+    study_aucs: dict[str, float]
+    view: Calibration
+    study: dict[str, Calibration]
+
+    def levels(self) -> dict[str, float]:
+        """The selected aggregation's thresholds under the node's level names."""
+        chosen = self.study[self.aggregation].thresholds
+        return {"possible": chosen[HIGH_SENSITIVITY], "likely": chosen[HIGH_SPECIFICITY]}
+
+    def recorded(self) -> dict[str, Any]:
+        """Every aggregation's calibration as `model.json` records it (read back by
+        `evaluate`, so a bundle evaluated elsewhere fits nothing on the evaluated data)."""
+        return {"view": asdict(self.view),
+                "study": {m: asdict(c) for m, c in self.study.items()}}  # fmt: skip
+
+
+def fix_calibration(scores: SplitScores) -> FixedCalibration:
+    """Choose the aggregation and calibrate the views and every aggregation on `scores`."""
+    aucs = {m: roc_auc(scores.study_labels, z) for m, z in scores.study_logits.items()}
+    return FixedCalibration(
+        aggregation=max(aucs, key=lambda m: aucs[m]),
+        study_aucs=aucs,
+        view=calibrate(scores.view_labels, scores.view_logits),
+        study={m: calibrate(scores.study_labels, z) for m, z in scores.study_logits.items()},
+    )
 
 
 def evaluate(model_path: Path, dataset: Path, *, split: str = "test",

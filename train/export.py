@@ -21,8 +21,8 @@ from pipeline.inference import BundleInfo, ModelBundle
 from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
 from train.data.datasets import read_views
-from train.evaluate import calibrate, evaluate, load_model, split_scores
-from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY, roc_auc
+from train.evaluate import evaluate, fix_calibration, load_model, split_scores
+from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY
 from train.fit import dataset_hash, load_weights
 
 
@@ -50,14 +50,7 @@ def export(
     rows = read_views(dataset, ("val",))
     if len({r.label for r in rows}) < 2:
         raise ValueError(f"{dataset}: the validation split needs fractured and intact studies")
-    validation = split_scores(loaded, rows)
-    aucs = {m: roc_auc(validation.study_labels, z) for m, z in validation.study_logits.items()}
-    aggregation = max(aucs, key=lambda m: aucs[m])
-    view_cal = calibrate(validation.view_labels, validation.view_logits)
-    study_cals = {
-        m: calibrate(validation.study_labels, z) for m, z in validation.study_logits.items()
-    }
-    study_cal = study_cals[aggregation]
+    fixed = fix_calibration(split_scores(loaded, rows))
     out.mkdir(parents=True, exist_ok=True)
     weights: dict[str, Any] = {"model": load_weights(run)}
     if aggregator_run and loaded.aggregator is not None:
@@ -73,26 +66,15 @@ def export(
         input_width=augment["width"],
         mean=augment["mean"],
         std=augment["std"],
-        aggregation=aggregation,
-        view_temperature=view_cal.temperature,
-        study_temperature=study_cal.temperature,
-        thresholds={
-            "possible": study_cal.thresholds[HIGH_SENSITIVITY],
-            "likely": study_cal.thresholds[HIGH_SPECIFICITY],
-        },
+        aggregation=fixed.aggregation,
+        view_temperature=fixed.view.temperature,
+        study_temperature=fixed.study[fixed.aggregation].temperature,
+        thresholds=fixed.levels(),
         preprocess=_preprocess_params(dataset, augment),
         trunk_arch=config["arch"],
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=config.get("git_commit", "unknown"),
-        metrics={
-            "validation_study_auc": aucs,
-            # Every aggregation's operating points, so evaluating the bundle on another dataset
-            # never fits anything on the data it is evaluated on.
-            "calibration": {
-                "view": asdict(view_cal),
-                "study": {m: asdict(c) for m, c in study_cals.items()},
-            },
-        },
+        metrics={"validation_study_auc": fixed.study_aucs, "calibration": fixed.recorded()},
     )
     write_info(out, info)
     ModelBundle.load(out)  # refuse to leave a bundle the node could not load

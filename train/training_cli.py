@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.inference import BundleInfo
 
 ARCHS = (
     "resnet18",
@@ -162,43 +166,30 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from train.export import export
 
-    try:
-        info = export(
-            args.run_dir,
-            args.out,
-            name=args.name,
-            version=args.version,
-            aggregator_run=args.aggregator_run,
-            synthetic=args.synthetic,
-            external_test=args.external_test,
-        )
-    except ValueError as exc:
-        print(f"dicomnode-train export: {exc}", file=sys.stderr)
-        return 2
-    print(
-        f"exported {info.name} {info.version} ({info.arch}, aggregation {info.aggregation}) "
-        f"to {args.out}"
-    )
-    return 0
+    return _write_bundle("export", args.out, lambda: export(
+        args.run_dir, args.out, name=args.name, version=args.version,
+        aggregator_run=args.aggregator_run, synthetic=args.synthetic,
+        external_test=args.external_test,
+    ))  # fmt: skip
 
 
 def _ensemble(args: argparse.Namespace) -> int:
     from train.ensemble import export_ensemble
 
+    return _write_bundle("ensemble", args.out, lambda: export_ensemble(
+        args.members, args.out, calibration=args.calibration,
+        calibration_split=args.calibration_split, name=args.name, version=args.version,
+        synthetic=args.synthetic, external_test=args.external_test,
+    ))  # fmt: skip
+
+
+def _write_bundle(command: str, out: Path, write: Callable[[], BundleInfo]) -> int:
+    """Run a bundle writer; a refusal (ValueError) is one line on stderr and exit status 2."""
     try:
-        info = export_ensemble(
-            args.members,
-            args.out,
-            calibration=args.calibration,
-            calibration_split=args.calibration_split,
-            name=args.name,
-            version=args.version,
-            synthetic=args.synthetic,
-            external_test=args.external_test,
-        )
+        info = write()
     except ValueError as exc:
-        print(f"dicomnode-train ensemble: {exc}", file=sys.stderr)
+        print(f"dicomnode-train {command}: {exc}", file=sys.stderr)
         return 2
     print(f"exported {info.name} {info.version} ({info.arch}, aggregation {info.aggregation}) "
-          f"to {args.out}")  # fmt: skip
+          f"to {out}")  # fmt: skip
     return 0

@@ -16,6 +16,7 @@ from pipeline.inference import ModelBundle
 from pipeline.models import ViewEnsemble, build_view_model, member_archs, min_input_side
 from tests.train.conftest import tiny_fit
 from tests.train.tiny_dataset import make_tiny_dataset
+from train.cli import main
 from train.ensemble import export_ensemble
 from train.evaluate import evaluate
 from train.export import export
@@ -132,8 +133,9 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
 
 
 def test_ensemble_refuses_members_that_do_not_fit_together(
-    member_bundles: list[Path], calibration_data: Path, tmp_path: Path
-) -> None:
+    member_bundles: list[Path], calibration_data: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
     first, second = member_bundles
     with pytest.raises(ValueError, match="at least two"):
         export_ensemble([first], tmp_path / "e", calibration=calibration_data, name="e",
@@ -152,9 +154,15 @@ def test_ensemble_refuses_members_that_do_not_fit_together(
     with pytest.raises(ValueError, match="calibration needs fractured and intact studies"):
         export_ensemble([first, second], tmp_path / "e", calibration=no_val, name="e",
                         version="1")  # fmt: skip
+    # Through the command line: a refusal is one line on stderr and status 2.
+    command = ["ensemble", str(first), "--out", str(tmp_path / "e"), "--calibration",
+               str(no_val)]  # fmt: skip
+    assert main(command) == 2
+    assert "dicomnode-train ensemble:" in capsys.readouterr().err
     nested = tmp_path / "nested"
-    export_ensemble([first, second], nested, calibration=calibration_data,
-                    calibration_split="all", name="e", version="1", n_boot=50)  # fmt: skip
+    assert main(["ensemble", str(first), str(second), "--out", str(nested), "--calibration",
+                 str(calibration_data), "--calibration-split", "all"]) == 0  # fmt: skip
+    assert "(ensemble:rx_lite_bn+resnet18_slim, aggregation" in capsys.readouterr().out
     with pytest.raises(ValueError, match="ensemble already"):
         export_ensemble([first, nested], tmp_path / "e", calibration=calibration_data,
                         name="e", version="1")  # fmt: skip
