@@ -67,7 +67,8 @@ def main() -> None:
     cam = _median_ms(lambda: grad_cam(bundle.model, x), args.repeat)
     whole = _median_ms(lambda: bundle.predict(study), args.repeat)
     print(
-        f"bundle {bundle.info.name} {bundle.info.version} ({bundle.info.arch}, input "
+        f"bundle {bundle.info.name} {bundle.info.version} ({bundle.info.arch}"
+        f"{', test-time flip' if bundle.info.test_time_flip else ''}, input "
         f"{bundle.info.input_width}x{bundle.info.input_height}), 2 threads, median of "
         f"{args.repeat}"
     )

@@ -1,7 +1,9 @@
 """Grad-CAM explanation heat maps (Selvaraju et al.) for the single-view models.
 
 An ensemble (`pipeline.models.ViewEnsemble`) gets the mean of its members' maps, scaled again to
-a peak of 1, and the mean of their logits (its own output).
+a peak of 1, and the mean of their logits (its own output). A flip-averaged model
+(`pipeline.models.FlipAveraged`) likewise gets the mean of the view's map and its mirror image's
+map mirrored back, so the heat map stays in the view's own coordinates.
 
 The activations of `model.target_layer` are captured by a forward hook that lives only for the
 one forward pass, and their gradients come from `torch.autograd.grad`, so neither hooks nor the
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.models.ensemble import ViewEnsemble
+from pipeline.models.flip import FlipAveraged, mirror
 
 
 def _target_layer(model: nn.Module) -> nn.Module:
@@ -40,7 +43,9 @@ def grad_cam_batch(
     if images.dim() != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
     if isinstance(model, ViewEnsemble):
-        return _ensemble_grad_cam(model, images)
+        return _mean_of_maps([grad_cam_batch(member, images) for member in model.members])
+    if isinstance(model, FlipAveraged):
+        return _flip_averaged_grad_cam(model, images)
     layer = _target_layer(model)
     captured: list[torch.Tensor] = []
 
@@ -82,15 +87,25 @@ def grad_cam_batch(
     return scores, heatmaps
 
 
-def _ensemble_grad_cam(
-    ensemble: ViewEnsemble, images: torch.Tensor
+def _mean_of_maps(
+    results: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    results = [grad_cam_batch(member, images) for member in ensemble.members]
+    """Mean logits and mean maps of several Grad-CAM results, the maps scaled to a peak of 1."""
     scores = np.stack([s for s, _ in results]).mean(axis=0).astype(np.float32)
     mean_map = np.stack([m for _, m in results]).mean(axis=0).astype(np.float32)
     peak = mean_map.max(axis=(1, 2), keepdims=True)
     heatmaps = np.divide(mean_map, peak, out=np.zeros_like(mean_map), where=peak > 0)
     return scores, np.clip(heatmaps, 0.0, 1.0).astype(np.float32)
+
+
+def _flip_averaged_grad_cam(
+    model: FlipAveraged, images: torch.Tensor
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    # One backward pass over the batch of 2N: the samples are independent in eval mode.
+    scores, heatmaps = grad_cam_batch(model.model, torch.cat([images, mirror(images)]))
+    n = images.shape[0]
+    mirrored_back = np.ascontiguousarray(heatmaps[n:, :, ::-1])
+    return _mean_of_maps([(scores[:n], heatmaps[:n]), (scores[n:], mirrored_back)])
 
 
 def grad_cam(model: nn.Module, image: torch.Tensor) -> tuple[float, npt.NDArray[np.float32]]:

@@ -22,7 +22,7 @@ from torch import nn
 from pipeline.aggregation import aggregate
 from pipeline.dicomio import Radiograph
 from pipeline.gradcam import grad_cam
-from pipeline.models import build_aggregator, build_view_model
+from pipeline.models import build_aggregator, build_view_model, with_test_time_flip
 from pipeline.preprocess.params_io import params_from_dict
 from pipeline.preprocess.study import (
     PreprocessedInstance,
@@ -60,6 +60,8 @@ class BundleInfo:
     specificity), fixed on validation data."""
     preprocess: dict[str, Any]
     trunk_arch: str = ""
+    test_time_flip: bool = False
+    """Whether the view logit is the mean over the view and its mirror image (two passes)."""
     created: str = ""
     git_commit: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -115,12 +117,15 @@ class ModelBundle:
             raise BundleError(f"{folder / 'model.json'}: invalid ({exc})") from exc
         if info.format != BUNDLE_FORMAT:
             raise BundleError(f"{folder}: bundle format {info.format}, expected {BUNDLE_FORMAT}")
+        if info.aggregation == "learned" and info.test_time_flip:
+            raise BundleError(f"{folder}: test_time_flip does not apply to a learned aggregator")
         try:
             weights = torch.load(folder / "weights.pt", map_location=device, weights_only=True)
         except FileNotFoundError as exc:
             raise BundleError(f"{folder}: weights.pt is missing") from exc
-        model = build_view_model(arch=info.arch)
+        model: nn.Module = build_view_model(arch=info.arch)
         model.load_state_dict(weights["model"])
+        model = with_test_time_flip(model, info.test_time_flip)
         aggregator = None
         if "aggregator" in weights:
             aggregator = build_aggregator(trunk_arch=info.trunk_arch or info.arch)

@@ -5,7 +5,8 @@ the same prepared data do). The ensemble is calibrated afresh, like any export: 
 calibration dataset that none of the members trained on, the study aggregation with the best
 study AUC is chosen and every aggregation's temperature and 'possible'/'likely' thresholds are
 fixed. The members' view models are kept; a member's learned aggregator is not (it pools one
-trunk's features and has no meaning for the mean of several).
+trunk's features and has no meaning for the mean of several), nor is a member's own test-time
+flip: `test_time_flip` decides it for the whole ensemble, before calibration.
 """
 
 from __future__ import annotations
@@ -21,13 +22,20 @@ from typing import Any
 import torch
 
 from pipeline.inference import BundleInfo, ModelBundle
-from pipeline.models import ViewEnsemble, ensemble_arch, member_archs
+from pipeline.models import (
+    ViewEnsemble,
+    ensemble_arch,
+    member_archs,
+    with_test_time_flip,
+    without_test_time_flip,
+)
 from train.data.datasets import read_views
 from train.evaluate import LoadedModel, evaluate, fix_calibration, load_model, split_scores
 from train.export import (
     INTENDED_USE,
     LIMITATIONS,
     external_section,
+    flip_line,
     synthetic_warning,
     write_info,
 )
@@ -47,6 +55,7 @@ def export_ensemble(
     version: str,
     synthetic: bool = False,
     external_test: Path | None = None,
+    test_time_flip: bool = False,
     n_boot: int = 2000,
 ) -> BundleInfo:
     """Write the ensemble bundle `out` from the member bundle folders and return its info.
@@ -55,6 +64,8 @@ def export_ensemble(
     the aggregation, temperatures and thresholds; it must not be data the members trained on.
     `external_test`: a dataset from an archive never used in training or calibration, evaluated
     whole afterwards for the model card.
+    `test_time_flip`: score each view and its mirror image and average the logits
+    (`pipeline.models.FlipAveraged`); calibration and thresholds are fixed on those scores.
     """
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two member bundles")
@@ -71,14 +82,15 @@ def export_ensemble(
                 )
     loaded = [load_model(m) for m in members]
     archs = [member["arch"] for member in infos]
-    ensemble = ViewEnsemble([m.model for m in loaded], archs).eval()
+    ensemble = ViewEnsemble([without_test_time_flip(m.model) for m in loaded], archs).eval()
     rows = read_views(calibration, (calibration_split,))
     if len({r.label for r in rows}) < 2:
         raise ValueError(
             f"{calibration} (split {calibration_split}): calibration needs fractured and intact "
             "studies"
         )
-    scores = split_scores(LoadedModel(ensemble, None, loaded[0].augment, None), rows)
+    scored = with_test_time_flip(ensemble, test_time_flip)
+    scores = split_scores(LoadedModel(scored, None, loaded[0].augment, None), rows)
     fixed = fix_calibration(scores)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -104,6 +116,7 @@ def export_ensemble(
         thresholds=fixed.levels(),
         preprocess=first["preprocess"],
         trunk_arch="",
+        test_time_flip=test_time_flip,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=git_commit_of_code(),
         metrics={
@@ -176,7 +189,7 @@ def ensemble_card(info: BundleInfo, synthetic: bool) -> str:
   of their logits, input {info.input_width}x{info.input_height}; study aggregation
   `{info.aggregation}` (chosen on calibration study AUC:
   {", ".join(f"{k} {v:.3f}" for k, v in info.metrics["validation_study_auc"].items())}).
-  The heat map is the mean of the members' Grad-CAM maps.
+  The heat map is the mean of the members' Grad-CAM maps.{flip_line(info)}
 - Calibration: temperature {info.view_temperature:.3f} (views), {info.study_temperature:.3f}
   (study), fitted on the calibration data below.
 - Levels: "possible" at calibrated study probability >= {info.thresholds["possible"]:.3f}

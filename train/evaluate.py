@@ -18,7 +18,12 @@ import torch
 from torch import nn
 
 from pipeline.aggregation import AGGREGATIONS, aggregate_studies
-from pipeline.models import build_aggregator, build_model, build_view_model
+from pipeline.models import (
+    build_aggregator,
+    build_model,
+    build_view_model,
+    with_test_time_flip,
+)
 from train.data.augment import AugmentParams
 from train.data.datasets import ViewRow, read_views
 from train.evaluation.calibration import apply_temperature, fit_temperature
@@ -72,8 +77,9 @@ def load_model(path: Path) -> LoadedModel:
     if (path / "model.json").exists():
         info = json.loads((path / "model.json").read_text(encoding="utf-8"))
         weights = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
-        model = build_view_model(arch=info["arch"])
+        model: nn.Module = build_view_model(arch=info["arch"])
         model.load_state_dict(weights["model"])
+        model = with_test_time_flip(model, bool(info.get("test_time_flip", False)))
         aggregator = None
         if "aggregator" in weights:
             aggregator = build_aggregator(trunk_arch=info["trunk_arch"] or info["arch"])

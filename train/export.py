@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from pipeline.inference import BundleInfo, ModelBundle
+from pipeline.models import with_test_time_flip
 from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
 from train.data.datasets import read_views
@@ -35,18 +36,24 @@ def export(
     aggregator_run: Path | None = None,
     synthetic: bool = False,
     external_test: Path | None = None,
+    test_time_flip: bool = False,
     n_boot: int = 2000,
 ) -> BundleInfo:
     """Write the bundle folder `out` and return its `model.json` contents.
 
     `external_test`: a dataset prepared from an archive the model never saw (all of it is
     evaluated, after everything is fixed on validation); its figures go into the model card.
+    `test_time_flip`: score each view and its mirror image and average the logits; validation
+    fixes calibration and thresholds on those scores.
     """
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     if config["arch"] == "aggregator":
         raise ValueError(f"{run} is an aggregator run: export its trunk run with --aggregator-run")
+    if test_time_flip and aggregator_run:
+        raise ValueError("test-time flip applies to view scores; the learned aggregator has none")
     dataset = Path(config["dataset"])
     loaded = load_model(aggregator_run) if aggregator_run else load_model(run)
+    loaded.model = with_test_time_flip(loaded.model, test_time_flip)
     rows = read_views(dataset, ("val",))
     if len({r.label for r in rows}) < 2:
         raise ValueError(f"{dataset}: the validation split needs fractured and intact studies")
@@ -72,6 +79,7 @@ def export(
         thresholds=fixed.levels(),
         preprocess=_preprocess_params(dataset, augment),
         trunk_arch=config["arch"],
+        test_time_flip=test_time_flip,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=config.get("git_commit", "unknown"),
         metrics={"validation_study_auc": fixed.study_aucs, "calibration": fixed.recorded()},
@@ -89,6 +97,16 @@ def export(
     if (run / "curves.png").exists():
         shutil.copyfile(run / "curves.png", out / "curves.png")
     return info
+
+
+def flip_line(info: BundleInfo) -> str:
+    """The model card's line on test-time flip averaging, empty when the bundle does not use it."""
+    if not info.test_time_flip:
+        return ""
+    return (
+        "\n- Test-time flip: every view is scored as it is and mirrored left-right, and the two"
+        "\n  logits are averaged (the heat map likewise); calibration used the same scores."
+    )
 
 
 def _preprocess_params(dataset: Path, augment: dict[str, Any]) -> dict[str, Any]:
@@ -137,13 +155,14 @@ def model_card(info: BundleInfo, config: dict[str, Any], synthetic: bool) -> str
     schedule = config.get("schedule", "constant")
     if config.get("warmup_epochs"):
         schedule += f" after {config['warmup_epochs']} warm-up epochs"
+    flip = flip_line(info)
     return f"""# Model card: {info.name} {info.version}
 
 {synthetic_warning(synthetic)}{INTENDED_USE}
 ## Model
 - Architecture: `{info.arch}`, input {info.input_width}x{info.input_height}, one logit per view;
   study aggregation `{info.aggregation}` (chosen on validation study AUC:
-  {", ".join(f"{k} {v:.3f}" for k, v in info.metrics["validation_study_auc"].items())}).
+  {", ".join(f"{k} {v:.3f}" for k, v in info.metrics["validation_study_auc"].items())}).{flip}
 - Calibration: temperature {info.view_temperature:.3f} (views), {info.study_temperature:.3f}
   (study), fitted on validation data.
 - Levels: "possible" at calibrated study probability >= {info.thresholds["possible"]:.3f}

@@ -86,6 +86,7 @@ def add_training_commands(commands: Any) -> None:
         action="store_true",
         help="mark the model card: trained on synthetic data, not for clinical use",
     )
+    export.add_argument("--test-time-flip", action="store_true", help=_TEST_TIME_FLIP)
     export.set_defaults(run=_export)
 
     ensemble = commands.add_parser(
@@ -107,7 +108,14 @@ def add_training_commands(commands: Any) -> None:
         "--synthetic", action="store_true",
         help="mark the model card: synthetic data, not for clinical use",
     )  # fmt: skip
+    ensemble.add_argument("--test-time-flip", action="store_true", help=_TEST_TIME_FLIP)
     ensemble.set_defaults(run=_ensemble)
+
+
+_TEST_TIME_FLIP = (
+    "score every view and its mirror image and average the logits (twice the "
+    "inference time); calibration and thresholds are fixed on those scores"
+)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -169,7 +177,7 @@ def _export(args: argparse.Namespace) -> int:
     return _write_bundle("export", args.out, lambda: export(
         args.run_dir, args.out, name=args.name, version=args.version,
         aggregator_run=args.aggregator_run, synthetic=args.synthetic,
-        external_test=args.external_test,
+        external_test=args.external_test, test_time_flip=args.test_time_flip,
     ))  # fmt: skip
 
 
@@ -180,6 +188,7 @@ def _ensemble(args: argparse.Namespace) -> int:
         args.members, args.out, calibration=args.calibration,
         calibration_split=args.calibration_split, name=args.name, version=args.version,
         synthetic=args.synthetic, external_test=args.external_test,
+        test_time_flip=args.test_time_flip,
     ))  # fmt: skip
 
 

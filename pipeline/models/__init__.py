@@ -2,6 +2,7 @@
 
 from pipeline.models.aggregator import MultiViewAggregator, build_aggregator
 from pipeline.models.ensemble import ViewEnsemble, ensemble_arch, member_archs
+from pipeline.models.flip import FlipAveraged, with_test_time_flip, without_test_time_flip
 from pipeline.models.registry import (
     ARCHITECTURES,
     SingleViewModel,
@@ -14,6 +15,7 @@ from pipeline.models.rx import RxNet, gradient_norms
 
 __all__ = [
     "ARCHITECTURES",
+    "FlipAveraged",
     "MultiViewAggregator",
     "ResNet18Classifier",
     "RxNet",
@@ -26,4 +28,6 @@ __all__ = [
     "gradient_norms",
     "member_archs",
     "min_input_side",
+    "with_test_time_flip",
+    "without_test_time_flip",
 ]

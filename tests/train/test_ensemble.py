@@ -10,15 +10,23 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dicomio import read_radiograph
+from pipeline.dicomio import Radiograph, read_radiograph
 from pipeline.gradcam import grad_cam_batch
-from pipeline.inference import ModelBundle
-from pipeline.models import ViewEnsemble, build_view_model, member_archs, min_input_side
+from pipeline.inference import BundleError, ModelBundle
+from pipeline.models import (
+    FlipAveraged,
+    ViewEnsemble,
+    build_view_model,
+    member_archs,
+    min_input_side,
+    without_test_time_flip,
+)
 from tests.train.conftest import tiny_fit
 from tests.train.tiny_dataset import make_tiny_dataset
 from train.cli import main
+from train.data.datasets import read_views
 from train.ensemble import export_ensemble
-from train.evaluate import evaluate
+from train.evaluate import LoadedModel, evaluate, fix_calibration, load_model, split_scores
 from train.export import export
 
 
@@ -105,13 +113,7 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
     # The node loads it: each view's logit is the mean of the members', with a heat map.
     bundle = ModelBundle.load(out)
     members = [ModelBundle.load(m) for m in member_bundles]
-    radiographs = []
-    for path in sorted((synthetic_archive / "dicom").rglob("*.dcm"))[:6]:
-        try:
-            radiographs.append(read_radiograph(path))
-        except ValueError:
-            continue
-    prediction = bundle.predict(radiographs, heatmaps=True)
+    prediction = bundle.predict(_radiographs(synthetic_archive), heatmaps=True)
     assert prediction.in_scope and prediction.level in ("negative", "possible", "likely")
     for view in prediction.views:
         x = bundle.tensor(view.view)
@@ -130,6 +132,69 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
         points = levels["study"]["operating_points"]
         for name, threshold in recorded[method]["thresholds"].items():
             assert points[name]["threshold"] == pytest.approx(threshold)
+
+
+def _radiographs(archive: Path, count: int = 6) -> list[Radiograph]:
+    radiographs = []
+    for path in sorted((archive / "dicom").rglob("*.dcm"))[:count]:
+        try:
+            radiographs.append(read_radiograph(path))
+        except ValueError:
+            continue
+    return radiographs
+
+
+def test_test_time_flip_is_calibrated_and_served_on_the_same_scores(
+    member_bundles: list[Path], calibration_data: Path, tmp_path: Path,
+    synthetic_archive: Path,
+) -> None:  # fmt: skip
+    out = tmp_path / "flip"
+    info = export_ensemble(member_bundles, out, calibration=calibration_data,
+                           calibration_split="all", name="tiny-flip", version="0.0.3",
+                           synthetic=True, test_time_flip=True, n_boot=50)  # fmt: skip
+    assert info.test_time_flip and json.loads((out / "model.json").read_text())["test_time_flip"]
+    assert "Test-time flip: every view is scored as it is and mirrored" in (
+        out / "MODEL_CARD.md").read_text()  # fmt: skip
+    weights = torch.load(out / "weights.pt", weights_only=True)["model"]
+    assert all(key.startswith("members.") for key in weights)  # the plain ensemble's weights
+
+    # The node scores each view and its mirror image with the plain ensemble and averages.
+    bundle = ModelBundle.load(out)
+    assert isinstance(bundle.model, FlipAveraged)
+    plain = without_test_time_flip(bundle.model)
+    prediction = bundle.predict(_radiographs(synthetic_archive), heatmaps=True)
+    assert prediction.views
+    for view in prediction.views:
+        x = bundle.tensor(view.view)
+        with torch.no_grad():
+            both = float(plain(x)[0]) + float(plain(torch.flip(x, dims=(-1,)))[0])
+        assert view.logit == pytest.approx(both / 2, rel=1e-4, abs=1e-5)
+        assert view.heatmap is not None and view.heatmap.shape == view.view.pixels.shape
+
+    # Calibration was fitted on flip-averaged scores, the ones evaluation and the node see.
+    rows = read_views(calibration_data, ("all",))
+    loaded = load_model(out)
+    assert isinstance(loaded.model, FlipAveraged)
+    served = fix_calibration(split_scores(loaded, rows))
+    assert served.view.temperature == pytest.approx(info.view_temperature, rel=1e-6)
+    unflipped = LoadedModel(without_test_time_flip(loaded.model), None, loaded.augment, None)
+    assert fix_calibration(split_scores(unflipped, rows)).view.temperature != pytest.approx(
+        info.view_temperature, rel=1e-6)  # fmt: skip
+
+
+def test_single_model_export_with_test_time_flip(tiny_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "single"
+    info = export(tiny_run, out, name="tiny-flip", version="0.0.1", synthetic=True,
+                  test_time_flip=True, n_boot=50)  # fmt: skip
+    assert info.test_time_flip and isinstance(ModelBundle.load(out).model, FlipAveraged)
+    assert "Test-time flip" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="learned aggregator"):
+        export(tiny_run, tmp_path / "x", name="x", version="1", aggregator_run=tiny_run,
+               test_time_flip=True)  # fmt: skip
+    raw = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**raw, "aggregation": "learned"}))
+    with pytest.raises(BundleError, match="test_time_flip does not apply"):
+        ModelBundle.load(out)
 
 
 def test_ensemble_refuses_members_that_do_not_fit_together(
