@@ -9,6 +9,7 @@ when the bundle or run has one.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from train.evaluation.metrics import (
     threshold_for_sensitivity,
     threshold_for_specificity,
 )
+from train.evaluation.subgroups import format_subgroups, read_study_attributes, subgroup_report
 from train.fit import load_weights, predict_studies, predict_views
 
 TARGET = 0.95  # both operating points aim at 95% (sensitivity resp. specificity) on validation
@@ -168,9 +170,16 @@ def fix_calibration(scores: SplitScores) -> FixedCalibration:
     )
 
 
-def evaluate(model_path: Path, dataset: Path, *, split: str = "test",
-             n_boot: int = 2000) -> dict[str, Any]:  # fmt: skip
-    """The report `evaluate --json` prints (format documented in the README)."""
+def evaluate(model_path: Path, dataset: Path, *, split: str = "test", n_boot: int = 2000,
+             subgroups: Path | None = None, by: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """The report `evaluate --json` prints (format documented in the README).
+
+    `subgroups` (a CSV of study attributes) and `by` (its columns) add `subgroups`: the selected
+    aggregation's operating points within each group (`train.evaluation.subgroups`).
+    """
+    if subgroups is not None and not by:
+        raise ValueError("subgroups need the attribute columns to group by")
+    attributes = read_study_attributes(subgroups, by) if subgroups is not None else None
     loaded = load_model(model_path)
     evaluated = split_scores(loaded, read_views(dataset, (split,)))
     bundle = loaded.bundle
@@ -193,6 +202,7 @@ def evaluate(model_path: Path, dataset: Path, *, split: str = "test",
         n_boot=n_boot,
     ).to_json()
     aggregations: dict[str, Any] = {}
+    calibrated: dict[str, tuple[np.ndarray, dict[str, float]]] = {}
     for method, logits in evaluated.study_logits.items():
         if method in study_cals:
             cal = study_cals[method]
@@ -200,9 +210,10 @@ def evaluate(model_path: Path, dataset: Path, *, split: str = "test",
             cal = Calibration(bundle["study_temperature"], _named(bundle))
         else:
             cal = calibrate(validation.study_labels, validation.study_logits[method])
+        calibrated[method] = (apply_temperature(logits, cal.temperature), cal.thresholds)
         study = level_report(
             evaluated.study_labels,
-            apply_temperature(logits, cal.temperature),
+            calibrated[method][0],
             thresholds=cal.thresholds,
             n_boot=n_boot,
         ).to_json()
@@ -212,7 +223,7 @@ def evaluate(model_path: Path, dataset: Path, *, split: str = "test",
         if bundle
         else max(aggregations, key=lambda m: aggregations[m]["study"]["auc"])
     )
-    return {
+    report: dict[str, Any] = {
         "selected": selected,
         "split": split,
         "calibrated_on": (
@@ -224,6 +235,12 @@ def evaluate(model_path: Path, dataset: Path, *, split: str = "test",
         ),
         "aggregations": aggregations,
     }
+    if attributes is not None:
+        probabilities, thresholds = calibrated[selected]
+        report["subgroups"] = subgroup_report(
+            evaluated.study_ids, evaluated.study_labels, probabilities, thresholds, attributes, by
+        )
+    return report
 
 
 def _instance_thresholds(validation: SplitScores, temperature: float) -> dict[str, float]:
@@ -290,4 +307,9 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{r['balanced_accuracy']:>7.3f}{hs['sensitivity']:>9.3f}{hs['specificity']:>9.3f}"
                 f"{hp['sensitivity']:>9.3f}{hp['specificity']:>9.3f}"
             )
+    if "subgroups" in report:
+        points = (HIGH_SENSITIVITY, HIGH_SPECIFICITY)
+        lines += ["", f"subgroups, study level, aggregation {report['selected']} "
+                  "(detected/fractured resp. cleared/intact, Wilson 95% CI):",
+                  format_subgroups(report["subgroups"], points)]  # fmt: skip
     return "\n".join(lines)

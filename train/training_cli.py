@@ -68,6 +68,13 @@ def add_training_commands(commands: Any) -> None:
     evaluate.add_argument("--split", choices=("test", "val", "all"), default="test")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--bootstrap", type=int, default=2000)
+    evaluate.add_argument(
+        "--subgroups", type=Path, metavar="CSV",
+        help="study attributes keyed by study_instance_uid (e.g. a synthetic archive's "
+        "truth.csv): sensitivity and specificity within each group",
+    )  # fmt: skip
+    evaluate.add_argument("--by", default="", metavar="COL[,COL...]",
+                          help="the --subgroups columns to group by")  # fmt: skip
     evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser("export", help="a run -> a model bundle for the node")
@@ -163,7 +170,16 @@ def _view_size(dataset: Path) -> tuple[int, int]:
 def _evaluate(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate, format_table
 
-    report = evaluate(args.model, args.dataset, split=args.split, n_boot=args.bootstrap)
+    by = tuple(c.strip() for c in args.by.split(",") if c.strip())
+    if args.subgroups is not None and not by:
+        print("dicomnode-train evaluate: --subgroups needs --by COL[,COL...]", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate(args.model, args.dataset, split=args.split, n_boot=args.bootstrap,
+                          subgroups=args.subgroups, by=by)  # fmt: skip
+    except ValueError as exc:
+        print(f"dicomnode-train evaluate: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(report))
     else:
