@@ -74,6 +74,8 @@ bench: install
 # machine had no JPEG encoders.
 DEMO := config/models/wrist-demo
 DEMO_WORK := var/demo
+DEMO_SUBGROUPS = --subgroups $(DEMO_WORK)/heldout/truth.csv \
+  --by fracture_kind,fracture_subtle,implant,cast
 define demo_archive
 	$(BIN)/dicomnode-train synth --out $(DEMO_WORK)/$(1) --studies $(2) --seed $(3) \
 	  --syntaxes native --workers $(DEMO_WORKERS)
@@ -97,8 +99,9 @@ demo-model: install
 	  --calibration $(DEMO_WORK)/calibration-dataset --calibration-split all \
 	  --external-test $(DEMO_WORK)/heldout-dataset
 	$(BIN)/dicomnode-train evaluate $(DEMO) $(DEMO_WORK)/heldout-dataset --split all --json \
-	  > $(DEMO)/heldout_evaluation.json
-	$(BIN)/dicomnode-train evaluate $(DEMO) $(DEMO_WORK)/heldout-dataset --split all
+	  $(DEMO_SUBGROUPS) > $(DEMO)/heldout_evaluation.json
+	$(BIN)/dicomnode-train evaluate $(DEMO) $(DEMO_WORK)/heldout-dataset --split all \
+	  $(DEMO_SUBGROUPS)
 
 preview: install
 	$(BIN)/dicomnode-train synth --out var/synth-preview --studies 40 --seed 7 --preview var/synth-preview/sheet.png
