@@ -74,8 +74,8 @@ bench: install
 # machine had no JPEG encoders.
 DEMO := config/models/wrist-demo
 DEMO_WORK := var/demo
-DEMO_SUBGROUPS = --subgroups $(DEMO_WORK)/heldout/truth.csv \
-  --by fracture_kind,fracture_subtle,implant,cast
+# Held-out figures are also reported per fracture kind, subtlety, implant and cast.
+DEMO_SUBGROUPS = $(DEMO_WORK)/heldout/truth.csv --by fracture_kind,fracture_subtle,implant,cast
 define demo_archive
 	$(BIN)/dicomnode-train synth --out $(DEMO_WORK)/$(1) --studies $(2) --seed $(3) \
 	  --syntaxes native --workers $(DEMO_WORKERS)
@@ -97,11 +97,11 @@ demo-model: install
 	$(BIN)/dicomnode-train ensemble $(addprefix $(DEMO_WORK)/member-,$(DEMO_MEMBERS)) \
 	  --out $(DEMO) --name wrist-demo --version 2.2.0 --synthetic --test-time-flip \
 	  --calibration $(DEMO_WORK)/calibration-dataset --calibration-split all \
-	  --external-test $(DEMO_WORK)/heldout-dataset
+	  --external-test $(DEMO_WORK)/heldout-dataset --external-subgroups $(DEMO_SUBGROUPS)
 	$(BIN)/dicomnode-train evaluate $(DEMO) $(DEMO_WORK)/heldout-dataset --split all --json \
-	  $(DEMO_SUBGROUPS) > $(DEMO)/heldout_evaluation.json
+	  --subgroups $(DEMO_SUBGROUPS) > $(DEMO)/heldout_evaluation.json
 	$(BIN)/dicomnode-train evaluate $(DEMO) $(DEMO_WORK)/heldout-dataset --split all \
-	  $(DEMO_SUBGROUPS)
+	  --subgroups $(DEMO_SUBGROUPS)
 
 preview: install
 	$(BIN)/dicomnode-train synth --out var/synth-preview --studies 40 --seed 7 --preview var/synth-preview/sheet.png

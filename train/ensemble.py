@@ -30,10 +30,12 @@ from pipeline.models import (
     without_test_time_flip,
 )
 from train.data.datasets import read_views
-from train.evaluate import LoadedModel, evaluate, fix_calibration, load_model, split_scores
+from train.evaluate import LoadedModel, fix_calibration, load_model, split_scores
+from train.evaluation.subgroups import SubgroupSpec
 from train.export import (
     INTENDED_USE,
     LIMITATIONS,
+    external_metrics,
     external_section,
     flip_line,
     synthetic_warning,
@@ -55,6 +57,7 @@ def export_ensemble(
     version: str,
     synthetic: bool = False,
     external_test: Path | None = None,
+    external_subgroups: SubgroupSpec | None = None,
     test_time_flip: bool = False,
     n_boot: int = 2000,
 ) -> BundleInfo:
@@ -63,7 +66,7 @@ def export_ensemble(
     `calibration`: a prepared dataset whose `calibration_split` ('val', 'test' or 'all') fixes
     the aggregation, temperatures and thresholds; it must not be data the members trained on.
     `external_test`: a dataset from an archive never used in training or calibration, evaluated
-    whole afterwards for the model card.
+    whole afterwards for the model card (with its subgroups' figures by `external_subgroups`).
     `test_time_flip`: score each view and its mirror image and average the logits
     (`pipeline.models.FlipAveraged`); calibration and thresholds are fixed on those scores.
     """
@@ -136,10 +139,8 @@ def export_ensemble(
     write_info(out, info)
     ModelBundle.load(out)  # refuse to leave a bundle the node could not load
     if external_test is not None:
-        external = evaluate(out, external_test, split="all", n_boot=n_boot)
-        metrics = {**info.metrics, "external_test": {
-            **external, "dataset": external_test.name,
-            "dataset_hash": dataset_hash(external_test)}}  # fmt: skip
+        external = external_metrics(out, external_test, external_subgroups, n_boot)
+        metrics = {**info.metrics, "external_test": external}
         info = BundleInfo(**{**asdict(info), "metrics": metrics})
         write_info(out, info)
     (out / "MODEL_CARD.md").write_text(ensemble_card(info, synthetic), encoding="utf-8")

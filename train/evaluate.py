@@ -9,7 +9,6 @@ when the bundle or run has one.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from train.evaluation.metrics import (
     threshold_for_sensitivity,
     threshold_for_specificity,
 )
-from train.evaluation.subgroups import format_subgroups, read_study_attributes, subgroup_report
+from train.evaluation.subgroups import SubgroupSpec, format_subgroups, subgroup_report
 from train.fit import load_weights, predict_studies, predict_views
 
 TARGET = 0.95  # both operating points aim at 95% (sensitivity resp. specificity) on validation
@@ -171,15 +170,13 @@ def fix_calibration(scores: SplitScores) -> FixedCalibration:
 
 
 def evaluate(model_path: Path, dataset: Path, *, split: str = "test", n_boot: int = 2000,
-             subgroups: Path | None = None, by: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+             subgroups: SubgroupSpec | None = None) -> dict[str, Any]:  # fmt: skip
     """The report `evaluate --json` prints (format documented in the README).
 
-    `subgroups` (a CSV of study attributes) and `by` (its columns) add `subgroups`: the selected
-    aggregation's operating points within each group (`train.evaluation.subgroups`).
+    `subgroups` adds `subgroups`: the selected aggregation's operating points within each group
+    of studies (`train.evaluation.subgroups`).
     """
-    if subgroups is not None and not by:
-        raise ValueError("subgroups need the attribute columns to group by")
-    attributes = read_study_attributes(subgroups, by) if subgroups is not None else None
+    attributes = subgroups.read() if subgroups is not None else None
     loaded = load_model(model_path)
     evaluated = split_scores(loaded, read_views(dataset, (split,)))
     bundle = loaded.bundle
@@ -235,11 +232,11 @@ def evaluate(model_path: Path, dataset: Path, *, split: str = "test", n_boot: in
         ),
         "aggregations": aggregations,
     }
-    if attributes is not None:
+    if subgroups is not None and attributes is not None:
         probabilities, thresholds = calibrated[selected]
-        report["subgroups"] = subgroup_report(
-            evaluated.study_ids, evaluated.study_labels, probabilities, thresholds, attributes, by
-        )
+        report["subgroups"] = subgroup_report(evaluated.study_ids, evaluated.study_labels,
+                                              probabilities, thresholds, attributes,
+                                              subgroups.columns)  # fmt: skip
     return report
 
 

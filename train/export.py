@@ -24,6 +24,7 @@ from pipeline.preprocess.study import PreprocessParams
 from train.data.datasets import read_views
 from train.evaluate import evaluate, fix_calibration, load_model, split_scores
 from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY
+from train.evaluation.subgroups import SubgroupSpec, markdown_subgroups
 from train.fit import dataset_hash, load_weights
 
 
@@ -36,13 +37,15 @@ def export(
     aggregator_run: Path | None = None,
     synthetic: bool = False,
     external_test: Path | None = None,
+    external_subgroups: SubgroupSpec | None = None,
     test_time_flip: bool = False,
     n_boot: int = 2000,
 ) -> BundleInfo:
     """Write the bundle folder `out` and return its `model.json` contents.
 
     `external_test`: a dataset prepared from an archive the model never saw (all of it is
-    evaluated, after everything is fixed on validation); its figures go into the model card.
+    evaluated, after everything is fixed on validation); its figures go into the model card,
+    with its subgroups' when `external_subgroups` says which.
     `test_time_flip`: score each view and its mirror image and average the logits; validation
     fixes calibration and thresholds on those scores.
     """
@@ -88,9 +91,7 @@ def export(
     ModelBundle.load(out)  # refuse to leave a bundle the node could not load
     metrics = {**info.metrics, "test": evaluate(out, dataset, split="test", n_boot=n_boot)}
     if external_test is not None:
-        external = evaluate(out, external_test, split="all", n_boot=n_boot)
-        metrics["external_test"] = {**external, "dataset": external_test.name,
-                                    "dataset_hash": dataset_hash(external_test)}  # fmt: skip
+        metrics["external_test"] = external_metrics(out, external_test, external_subgroups, n_boot)
     info = BundleInfo(**{**asdict(info), "metrics": metrics})
     write_info(out, info)
     (out / "MODEL_CARD.md").write_text(model_card(info, config, synthetic), encoding="utf-8")
@@ -185,6 +186,14 @@ patient, stratified by label:
 {LIMITATIONS}"""
 
 
+def external_metrics(
+    bundle: Path, dataset: Path, subgroups: SubgroupSpec | None, n_boot: int
+) -> dict[str, Any]:
+    """The bundle's evaluation on all of an external dataset, as `model.json` records it."""
+    report = evaluate(bundle, dataset, split="all", n_boot=n_boot, subgroups=subgroups)
+    return {**report, "dataset": dataset.name, "dataset_hash": dataset_hash(dataset)}
+
+
 def external_section(info: BundleInfo) -> str:
     """The model card's section on the external test set; empty when there was none."""
     external = info.metrics.get("external_test")
@@ -196,6 +205,20 @@ All of dataset `{external["dataset"]}` (metadata hash `{external["dataset_hash"]
 evaluated with the bundle's own calibration, aggregation and thresholds.
 
 {metrics_table(external, info.aggregation)}
+{_subgroup_section(external)}"""
+
+
+def _subgroup_section(external: dict[str, Any]) -> str:
+    if "subgroups" not in external:
+        return ""
+    table = markdown_subgroups(external["subgroups"], (HIGH_SENSITIVITY, HIGH_SPECIFICITY))
+    return f"""
+### Subgroups of the external test set
+Aggregation `{external["selected"]}` at the bundle's two operating points ("possible" is
+{HIGH_SENSITIVITY}, "likely" {HIGH_SPECIFICITY}), Wilson 95% intervals. Small groups have wide
+intervals; a group far below the overall figures needs attention before use where it is common.
+
+{table}
 """
 
 

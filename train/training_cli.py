@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipeline.inference import BundleInfo
+    from train.evaluation.subgroups import SubgroupSpec
 
 ARCHS = (
     "resnet18",
@@ -68,13 +69,7 @@ def add_training_commands(commands: Any) -> None:
     evaluate.add_argument("--split", choices=("test", "val", "all"), default="test")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--bootstrap", type=int, default=2000)
-    evaluate.add_argument(
-        "--subgroups", type=Path, metavar="CSV",
-        help="study attributes keyed by study_instance_uid (e.g. a synthetic archive's "
-        "truth.csv): sensitivity and specificity within each group",
-    )  # fmt: skip
-    evaluate.add_argument("--by", default="", metavar="COL[,COL...]",
-                          help="the --subgroups columns to group by")  # fmt: skip
+    _add_subgroup_arguments(evaluate, "--subgroups")
     evaluate.set_defaults(run=_evaluate)
 
     export = commands.add_parser("export", help="a run -> a model bundle for the node")
@@ -93,6 +88,7 @@ def add_training_commands(commands: Any) -> None:
         action="store_true",
         help="mark the model card: trained on synthetic data, not for clinical use",
     )
+    _add_subgroup_arguments(export, "--external-subgroups")
     export.add_argument("--test-time-flip", action="store_true", help=_TEST_TIME_FLIP)
     export.set_defaults(run=_export)
 
@@ -115,6 +111,7 @@ def add_training_commands(commands: Any) -> None:
         "--synthetic", action="store_true",
         help="mark the model card: synthetic data, not for clinical use",
     )  # fmt: skip
+    _add_subgroup_arguments(ensemble, "--external-subgroups")
     ensemble.add_argument("--test-time-flip", action="store_true", help=_TEST_TIME_FLIP)
     ensemble.set_defaults(run=_ensemble)
 
@@ -123,6 +120,25 @@ _TEST_TIME_FLIP = (
     "score every view and its mirror image and average the logits (twice the "
     "inference time); calibration and thresholds are fixed on those scores"
 )
+
+
+def _add_subgroup_arguments(parser: argparse.ArgumentParser, option: str) -> None:
+    parser.add_argument(
+        option, type=Path, metavar="CSV", dest="subgroups",
+        help="study attributes keyed by study_instance_uid (e.g. a synthetic archive's "
+        "truth.csv): sensitivity and specificity within each group of the evaluated data",
+    )  # fmt: skip
+    parser.add_argument("--by", default="", metavar="COL[,COL...]",
+                        help=f"the {option} columns to group by")  # fmt: skip
+
+
+def _subgroups(args: argparse.Namespace) -> SubgroupSpec | None:
+    """The subgroup options as a spec; ValueError when the CSV comes without columns."""
+    from train.evaluation.subgroups import SubgroupSpec
+
+    if args.subgroups is None:
+        return None
+    return SubgroupSpec(args.subgroups, tuple(c.strip() for c in args.by.split(",") if c.strip()))
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -170,13 +186,9 @@ def _view_size(dataset: Path) -> tuple[int, int]:
 def _evaluate(args: argparse.Namespace) -> int:
     from train.evaluate import evaluate, format_table
 
-    by = tuple(c.strip() for c in args.by.split(",") if c.strip())
-    if args.subgroups is not None and not by:
-        print("dicomnode-train evaluate: --subgroups needs --by COL[,COL...]", file=sys.stderr)
-        return 2
     try:
         report = evaluate(args.model, args.dataset, split=args.split, n_boot=args.bootstrap,
-                          subgroups=args.subgroups, by=by)  # fmt: skip
+                          subgroups=_subgroups(args))  # fmt: skip
     except ValueError as exc:
         print(f"dicomnode-train evaluate: {exc}", file=sys.stderr)
         return 2
@@ -193,7 +205,8 @@ def _export(args: argparse.Namespace) -> int:
     return _write_bundle("export", args.out, lambda: export(
         args.run_dir, args.out, name=args.name, version=args.version,
         aggregator_run=args.aggregator_run, synthetic=args.synthetic,
-        external_test=args.external_test, test_time_flip=args.test_time_flip,
+        external_test=args.external_test, external_subgroups=_subgroups(args),
+        test_time_flip=args.test_time_flip,
     ))  # fmt: skip
 
 
@@ -204,7 +217,7 @@ def _ensemble(args: argparse.Namespace) -> int:
         args.members, args.out, calibration=args.calibration,
         calibration_split=args.calibration_split, name=args.name, version=args.version,
         synthetic=args.synthetic, external_test=args.external_test,
-        test_time_flip=args.test_time_flip,
+        external_subgroups=_subgroups(args), test_time_flip=args.test_time_flip,
     ))  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from train.cli import main
 from train.data.datasets import read_views
 from train.ensemble import export_ensemble
 from train.evaluate import LoadedModel, evaluate, fix_calibration, load_model, split_scores
+from train.evaluation.subgroups import SubgroupSpec
 from train.export import export
 
 
@@ -89,10 +90,15 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
     synthetic_archive: Path,
 ) -> None:  # fmt: skip
     external = make_tiny_dataset(tmp_path / "external", studies=24, seed=7)
+    # Studies 1.2.0 ... 1.2.23; every third is fractured (make_tiny_dataset).
+    sites = tmp_path / "sites.csv"
+    sites.write_text("study_instance_uid,site\n" + "".join(
+        f"1.2.{s},{'north' if s < 12 else 'south'}\n" for s in range(24)))  # fmt: skip
     out = tmp_path / "ensemble"
     info = export_ensemble(member_bundles, out, calibration=calibration_data,
                            calibration_split="all", name="tiny-ensemble", version="0.0.2",
-                           synthetic=True, external_test=external, n_boot=50)  # fmt: skip
+                           synthetic=True, external_test=external, n_boot=50,
+                           external_subgroups=SubgroupSpec(sites, ("site",)))  # fmt: skip
     assert info.arch == "ensemble:rx_lite_bn+resnet18_slim"
     data = info.metrics["calibration_data"]
     assert (data["dataset"], data["split"], data["studies"]) == (calibration_data.name, "all", 30)
@@ -100,6 +106,11 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
     assert info.metrics["external_test"]["dataset"] == "external"
     card = (out / "MODEL_CARD.md").read_text()
     assert "Not for clinical use" in card and "ensemble of 2 single-view models" in card
+    groups = info.metrics["external_test"]["subgroups"]["site"]
+    assert {v: (g["n"], g["positives"]) for v, g in groups.items()} == {
+        "north": (12, 4), "south": (12, 4)}  # fmt: skip
+    assert "### Subgroups of the external test set" in card
+    assert "| site = north | 12 | 4 |" in card and "| site = south | 12 | 4 |" in card
     assert sorted(p.name for p in (out / "members").iterdir()) == [
         "0-rx_lite_bn-curves.png", "0-rx_lite_bn.md", "1-resnet18_slim-curves.png",
         "1-resnet18_slim.md"]  # fmt: skip
@@ -224,6 +235,11 @@ def test_ensemble_refuses_members_that_do_not_fit_together(
                str(no_val)]  # fmt: skip
     assert main(command) == 2
     assert "dicomnode-train ensemble:" in capsys.readouterr().err
+    no_columns = ["ensemble", str(first), str(second), "--out", str(tmp_path / "e"),
+                  "--calibration", str(calibration_data), "--external-test", str(no_val),
+                  "--external-subgroups", str(tmp_path / "any.csv")]  # fmt: skip
+    assert main(no_columns) == 2  # no --by: refused before any work
+    assert "need the attribute columns" in capsys.readouterr().err
     nested = tmp_path / "nested"
     assert main(["ensemble", str(first), str(second), "--out", str(nested), "--calibration",
                  str(calibration_data), "--calibration-split", "all"]) == 0  # fmt: skip

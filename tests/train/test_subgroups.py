@@ -13,7 +13,9 @@ from train.evaluate import evaluate
 from train.evaluation.subgroups import (
     MISSING,
     NONE,
+    SubgroupSpec,
     format_subgroups,
+    markdown_subgroups,
     read_study_attributes,
     subgroup_report,
 )
@@ -74,6 +76,8 @@ def test_operating_points_within_groups_by_hand() -> None:
     assert missing["high_specificity"]["specificity"]["count"] == 1  # g at 0.6 < 0.7
     table = format_subgroups(report, tuple(POINTS))
     assert "implant=1" in table and "2/2    1.00 [0.34,1.00]" in table
+    card = markdown_subgroups(report, tuple(POINTS))
+    assert "| implant = 1 | 3 | 2 | 0.500 | 2/2 = 1.00 [0.34, 1.00] | 0/1 = 0.00" in card
     with pytest.raises(ValueError, match="same length"):
         subgroup_report(ids[:-1], labels, probabilities, POINTS, attributes, ("implant",))
 
@@ -87,7 +91,10 @@ def test_evaluate_reports_subgroups_that_add_up_to_the_whole(
         {"study_instance_uid": uid, "site": "north" if i % 2 else "south"}
         for i, uid in enumerate(studies)
     ])  # fmt: skip
-    report = evaluate(tiny_run, tiny, split="test", n_boot=20, subgroups=path, by=("site",))
+    with pytest.raises(ValueError, match="need the attribute columns"):
+        SubgroupSpec(path, ())
+    spec = SubgroupSpec(path, ("site",))
+    report = evaluate(tiny_run, tiny, split="test", n_boot=20, subgroups=spec)
     whole = report["aggregations"][report["selected"]]["study"]
     groups = report["subgroups"]["site"]
     assert set(groups) == {"north", "south"}
@@ -103,7 +110,7 @@ def test_evaluate_reports_subgroups_that_add_up_to_the_whole(
 
     base = ["evaluate", str(tiny_run), str(tiny), "--bootstrap", "20", "--subgroups", str(path)]
     assert main(base) == 2
-    assert "--subgroups needs --by" in capsys.readouterr().err
+    assert "need the attribute columns" in capsys.readouterr().err
     assert main([*base, "--by", "ward"]) == 2
     assert "no column ward" in capsys.readouterr().err
     assert main([*base, "--by", "site"]) == 0

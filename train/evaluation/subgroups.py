@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,21 @@ from train.evaluation.metrics import roc_auc
 STUDY_KEY = "study_instance_uid"
 NONE = "(none)"
 MISSING = "(missing)"
+
+
+@dataclass(frozen=True)
+class SubgroupSpec:
+    """Which attribute CSV and which of its columns define the subgroups."""
+
+    csv: Path
+    columns: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            raise ValueError(f"{self.csv}: subgroups need the attribute columns to group by")
+
+    def read(self) -> dict[str, dict[str, str]]:
+        return read_study_attributes(self.csv, self.columns)
 
 
 def read_study_attributes(path: Path, columns: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -98,6 +114,28 @@ def subgroup_report(
                 }
             report[column][value] = figures
     return report
+
+
+def markdown_subgroups(report: dict[str, dict[str, dict[str, Any]]], names: Sequence[str]) -> str:
+    """The model card's table: one row per column value, each rate with its Wilson interval."""
+
+    def cell(rate: dict[str, Any]) -> str:
+        if rate["value"] is None:
+            return "-"
+        low, high = rate["ci95"]
+        return f"{rate['count']}/{rate['n']} = {rate['value']:.2f} [{low:.2f}, {high:.2f}]"
+
+    head = " | ".join(f"sens ({n}) | spec ({n})" for n in names)
+    lines = [f"| group | studies | fractured | AUC | {head} |",
+             "|---|---|---|---|" + "---|---|" * len(names)]  # fmt: skip
+    for column, groups in report.items():
+        for value, g in groups.items():
+            auc = "-" if g["auc"] is None else f"{g['auc']:.3f}"
+            rates = " | ".join(
+                f"{cell(g[n]['sensitivity'])} | {cell(g[n]['specificity'])}" for n in names
+            )
+            lines.append(f"| {column} = {value} | {g['n']} | {g['positives']} | {auc} | {rates} |")
+    return "\n".join(lines)
 
 
 def format_subgroups(report: dict[str, dict[str, dict[str, Any]]], names: Sequence[str]) -> str:
