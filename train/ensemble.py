@@ -70,6 +70,8 @@ def export_ensemble(
     `test_time_flip`: score each view and its mirror image and average the logits
     (`pipeline.models.FlipAveraged`); calibration and thresholds are fixed on those scores.
     """
+    if external_subgroups is not None and external_test is None:
+        raise ValueError("subgroups of the external test need the external test dataset")
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two member bundles")
     if out.resolve() in {m.resolve() for m in members}:

@@ -52,6 +52,8 @@ def export(
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     if config["arch"] == "aggregator":
         raise ValueError(f"{run} is an aggregator run: export its trunk run with --aggregator-run")
+    if external_subgroups is not None and external_test is None:
+        raise ValueError("subgroups of the external test need the external test dataset")
     if test_time_flip and aggregator_run:
         raise ValueError("test-time flip applies to view scores; the learned aggregator has none")
     dataset = Path(config["dataset"])

@@ -133,10 +133,12 @@ def _add_subgroup_arguments(parser: argparse.ArgumentParser, option: str) -> Non
 
 
 def _subgroups(args: argparse.Namespace) -> SubgroupSpec | None:
-    """The subgroup options as a spec; ValueError when the CSV comes without columns."""
+    """The subgroup options as a spec; ValueError when the CSV or its columns are missing."""
     from train.evaluation.subgroups import SubgroupSpec
 
     if args.subgroups is None:
+        if args.by:
+            raise ValueError("--by names the columns of a subgroups CSV; give the CSV too")
         return None
     return SubgroupSpec(args.subgroups, tuple(c.strip() for c in args.by.split(",") if c.strip()))
 

@@ -240,6 +240,11 @@ def test_ensemble_refuses_members_that_do_not_fit_together(
                   "--external-subgroups", str(tmp_path / "any.csv")]  # fmt: skip
     assert main(no_columns) == 2  # no --by: refused before any work
     assert "need the attribute columns" in capsys.readouterr().err
+    no_test = [*no_columns[:-4], "--external-subgroups", str(tmp_path / "any.csv"), "--by", "x"]
+    assert main(no_test) == 2
+    assert "need the external test dataset" in capsys.readouterr().err
+    assert main([*no_columns[:-2], "--by", "x"]) == 2  # --by without the CSV
+    assert "give the CSV too" in capsys.readouterr().err
     nested = tmp_path / "nested"
     assert main(["ensemble", str(first), str(second), "--out", str(nested), "--calibration",
                  str(calibration_data), "--calibration-split", "all"]) == 0  # fmt: skip
