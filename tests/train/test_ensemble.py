@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+import train.export
 from pipeline.dicomio import Radiograph, read_radiograph
 from pipeline.gradcam import grad_cam_batch
 from pipeline.inference import BundleError, ModelBundle
@@ -193,11 +195,23 @@ def test_test_time_flip_is_calibrated_and_served_on_the_same_scores(
         info.view_temperature, rel=1e-6)  # fmt: skip
 
 
-def test_single_model_export_with_test_time_flip(tiny_run: Path, tmp_path: Path) -> None:
+def test_single_model_export_with_test_time_flip(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Validation must score the flip-averaged model (the tiny validation split separates
+    # perfectly, so the fitted temperatures alone cannot tell the two apart).
+    scored: list[object] = []
+
+    def spy(loaded: LoadedModel, rows: list[Any]) -> Any:
+        scored.append(loaded.model)
+        return split_scores(loaded, rows)
+
+    monkeypatch.setattr(train.export, "split_scores", spy)
     out = tmp_path / "single"
     info = export(tiny_run, out, name="tiny-flip", version="0.0.1", synthetic=True,
                   test_time_flip=True, n_boot=50)  # fmt: skip
     assert info.test_time_flip and isinstance(ModelBundle.load(out).model, FlipAveraged)
+    assert len(scored) == 1 and isinstance(scored[0], FlipAveraged)
     assert "Test-time flip" in (out / "MODEL_CARD.md").read_text()
     with pytest.raises(ValueError, match="learned aggregator"):
         export(tiny_run, tmp_path / "x", name="x", version="1", aggregator_run=tiny_run,

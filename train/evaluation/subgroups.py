@@ -29,6 +29,9 @@ STUDY_KEY = "study_instance_uid"
 NONE = "(none)"
 MISSING = "(missing)"
 
+Report = dict[str, dict[str, dict[str, Any]]]
+"""{column: {value: figures}}, as `subgroup_report` returns it."""
+
 
 @dataclass(frozen=True)
 class SubgroupSpec:
@@ -80,7 +83,7 @@ def subgroup_report(
     thresholds: dict[str, float],
     attributes: dict[str, dict[str, str]],
     columns: Sequence[str],
-) -> dict[str, dict[str, dict[str, Any]]]:
+) -> Report:
     """{column: {value: figures}} for calibrated study `probabilities` at the named thresholds.
 
     Figures per group: `n`, `positives`, `auc` (None unless both classes are present) and, per
@@ -91,7 +94,7 @@ def subgroup_report(
     p = np.asarray(probabilities, dtype=np.float64)
     if not len(study_ids) == y.size == p.size:
         raise ValueError("study_ids, labels and probabilities must have the same length")
-    report: dict[str, dict[str, dict[str, Any]]] = {}
+    report: Report = {}
     for column in columns:
         groups: dict[str, list[int]] = defaultdict(list)
         for index, uid in enumerate(study_ids):
@@ -116,7 +119,18 @@ def subgroup_report(
     return report
 
 
-def markdown_subgroups(report: dict[str, dict[str, dict[str, Any]]], names: Sequence[str]) -> str:
+def _rows(report: Report, names: Sequence[str]) -> list[tuple[str, str, int, int, str, list[Any]]]:
+    """(column, value, n, positives, AUC text, [sensitivity, specificity per point]) per group."""
+    rows = []
+    for column, groups in report.items():
+        for value, g in groups.items():
+            auc = "-" if g["auc"] is None else f"{g['auc']:.3f}"
+            rates = [g[n][kind] for n in names for kind in ("sensitivity", "specificity")]
+            rows.append((column, value, g["n"], g["positives"], auc, rates))
+    return rows
+
+
+def markdown_subgroups(report: Report, names: Sequence[str]) -> str:
     """The model card's table: one row per column value, each rate with its Wilson interval."""
 
     def cell(rate: dict[str, Any]) -> str:
@@ -128,17 +142,13 @@ def markdown_subgroups(report: dict[str, dict[str, dict[str, Any]]], names: Sequ
     head = " | ".join(f"sens ({n}) | spec ({n})" for n in names)
     lines = [f"| group | studies | fractured | AUC | {head} |",
              "|---|---|---|---|" + "---|---|" * len(names)]  # fmt: skip
-    for column, groups in report.items():
-        for value, g in groups.items():
-            auc = "-" if g["auc"] is None else f"{g['auc']:.3f}"
-            rates = " | ".join(
-                f"{cell(g[n]['sensitivity'])} | {cell(g[n]['specificity'])}" for n in names
-            )
-            lines.append(f"| {column} = {value} | {g['n']} | {g['positives']} | {auc} | {rates} |")
+    for column, value, n, positives, auc, rates in _rows(report, names):
+        cells = " | ".join(cell(rate) for rate in rates)
+        lines.append(f"| {column} = {value} | {n} | {positives} | {auc} | {cells} |")
     return "\n".join(lines)
 
 
-def format_subgroups(report: dict[str, dict[str, dict[str, Any]]], names: Sequence[str]) -> str:
+def format_subgroups(report: Report, names: Sequence[str]) -> str:
     """A plain-text table: one row per column value, sensitivity/specificity at each point."""
 
     def cell(rate: dict[str, Any]) -> str:
@@ -149,12 +159,7 @@ def format_subgroups(report: dict[str, dict[str, dict[str, Any]]], names: Sequen
 
     head = "".join(f"{'sens@' + n[:12]:>23}{'spec@' + n[:12]:>23}" for n in names)
     lines = [f"{'subgroup':<34}{'n':>5}{'pos':>5}{'AUC':>7}{head}"]
-    for column, groups in report.items():
-        for value, g in groups.items():
-            auc = "-" if g["auc"] is None else f"{g['auc']:.3f}"
-            rates = "".join(
-                f" {cell(g[n]['sensitivity'])} {cell(g[n]['specificity'])}" for n in names
-            )
-            lines.append(f"{(column + '=' + value)[:33]:<34}{g['n']:>5}{g['positives']:>5}"
-                         f"{auc:>7}{rates}")  # fmt: skip
+    for column, value, n, positives, auc, rates in _rows(report, names):
+        cells = "".join(f" {cell(rate)}" for rate in rates)
+        lines.append(f"{(column + '=' + value)[:33]:<34}{n:>5}{positives:>5}{auc:>7}{cells}")
     return "\n".join(lines)
