@@ -6,7 +6,9 @@ calibration dataset that none of the members trained on, the study aggregation w
 study AUC is chosen and every aggregation's temperature and 'possible'/'likely' thresholds are
 fixed. The members' view models are kept; a member's learned aggregator is not (it pools one
 trunk's features and has no meaning for the mean of several), nor is a member's own test-time
-flip: `test_time_flip` decides it for the whole ensemble, before calibration.
+flip: `test_time_flip` decides it for the whole ensemble, before calibration. A group-balanced
+refit of the members' last layers (`train.head_refit`), when asked for, comes before calibration
+too.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from train.export import (
     write_info,
 )
 from train.fit import dataset_hash, git_commit_of_code
+from train.head_refit import HeadRefitSpec, refit_for_export, refit_line
 
 # What the members must agree on: the node prepares one input per view for all of them.
 _SHARED_FIELDS = ("input_height", "input_width", "mean", "std", "preprocess")
@@ -59,6 +62,7 @@ def export_ensemble(
     external_test: Path | None = None,
     external_subgroups: SubgroupSpec | None = None,
     test_time_flip: bool = False,
+    head_refit: HeadRefitSpec | None = None,
     n_boot: int = 2000,
 ) -> BundleInfo:
     """Write the ensemble bundle `out` from the member bundle folders and return its info.
@@ -69,6 +73,8 @@ def export_ensemble(
     whole afterwards for the model card (with its subgroups' figures by `external_subgroups`).
     `test_time_flip`: score each view and its mirror image and average the logits
     (`pipeline.models.FlipAveraged`); calibration and thresholds are fixed on those scores.
+    `head_refit`: refit each member's last layer with group balance on other data first
+    (`train.head_refit`), then calibrate.
     """
     if external_subgroups is not None and external_test is None:
         raise ValueError("subgroups of the external test need the external test dataset")
@@ -94,6 +100,10 @@ def export_ensemble(
             f"{calibration} (split {calibration_split}): calibration needs fractured and intact "
             "studies"
         )
+    refit = None
+    if head_refit is not None:
+        refit = refit_for_export(ensemble, head_refit, loaded[0].augment, flip=test_time_flip,
+                                 calibration=calibration)  # fmt: skip
     scored = with_test_time_flip(ensemble, test_time_flip)
     scores = split_scores(LoadedModel(scored, None, loaded[0].augment, None), rows)
     fixed = fix_calibration(scores)
@@ -136,6 +146,7 @@ def export_ensemble(
                 "views": len(scores.view_labels),
             },
             "members": [_member_summary(i) for i in infos],
+            **({"head_refit": refit} if refit is not None else {}),
         },
     )
     write_info(out, info)
@@ -184,6 +195,7 @@ def ensemble_card(info: BundleInfo, synthetic: bool) -> str:
             f"{'-' if val is None else f'{val:.3f}'} | {'-' if test is None else f'{test:.3f}'} "
             f"| `{m['git_commit']}` |"
         )
+    extras = flip_line(info) + refit_line(info.metrics)
     return f"""# Model card: {info.name} {info.version}
 
 {synthetic_warning(synthetic)}{INTENDED_USE}
@@ -192,7 +204,7 @@ def ensemble_card(info: BundleInfo, synthetic: bool) -> str:
   of their logits, input {info.input_width}x{info.input_height}; study aggregation
   `{info.aggregation}` (chosen on calibration study AUC:
   {", ".join(f"{k} {v:.3f}" for k, v in info.metrics["validation_study_auc"].items())}).
-  The heat map is the mean of the members' Grad-CAM maps.{flip_line(info)}
+  The heat map is the mean of the members' Grad-CAM maps.{extras}
 - Calibration: temperature {info.view_temperature:.3f} (views), {info.study_temperature:.3f}
   (study), fitted on the calibration data below.
 - Levels: "possible" at calibrated study probability >= {info.thresholds["possible"]:.3f}

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pipeline.inference import BundleInfo, ModelBundle
-from pipeline.models import with_test_time_flip
+from pipeline.models import with_test_time_flip, without_test_time_flip
 from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
 from train.data.datasets import read_views
@@ -26,6 +26,7 @@ from train.evaluate import evaluate, fix_calibration, load_model, split_scores
 from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY
 from train.evaluation.subgroups import SubgroupSpec, markdown_subgroups
 from train.fit import dataset_hash, load_weights
+from train.head_refit import HeadRefitSpec, refit_for_export, refit_line
 
 
 def export(
@@ -39,6 +40,7 @@ def export(
     external_test: Path | None = None,
     external_subgroups: SubgroupSpec | None = None,
     test_time_flip: bool = False,
+    head_refit: HeadRefitSpec | None = None,
     n_boot: int = 2000,
 ) -> BundleInfo:
     """Write the bundle folder `out` and return its `model.json` contents.
@@ -48,6 +50,8 @@ def export(
     with its subgroups' when `external_subgroups` says which.
     `test_time_flip`: score each view and its mirror image and average the logits; validation
     fixes calibration and thresholds on those scores.
+    `head_refit`: refit the last layer with group balance on other data (`train.head_refit`)
+    before validation fixes the calibration.
     """
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     if config["arch"] == "aggregator":
@@ -56,15 +60,24 @@ def export(
         raise ValueError("subgroups of the external test need the external test dataset")
     if test_time_flip and aggregator_run:
         raise ValueError("test-time flip applies to view scores; the learned aggregator has none")
+    if head_refit and aggregator_run:
+        raise ValueError("a head refit changes view scores; the learned aggregator has none")
     dataset = Path(config["dataset"])
     loaded = load_model(aggregator_run) if aggregator_run else load_model(run)
     loaded.model = with_test_time_flip(loaded.model, test_time_flip)
+    refit = None
+    if head_refit is not None:
+        refit = refit_for_export(loaded.model, head_refit, loaded.augment, flip=test_time_flip,
+                                 calibration=dataset)  # fmt: skip
     rows = read_views(dataset, ("val",))
     if len({r.label for r in rows}) < 2:
         raise ValueError(f"{dataset}: the validation split needs fractured and intact studies")
     fixed = fix_calibration(split_scores(loaded, rows))
     out.mkdir(parents=True, exist_ok=True)
     weights: dict[str, Any] = {"model": load_weights(run)}
+    if refit is not None:
+        plain = without_test_time_flip(loaded.model)
+        weights["model"] = {k: v.detach().cpu() for k, v in plain.state_dict().items()}
     if aggregator_run and loaded.aggregator is not None:
         # Evaluation may have moved it to a GPU: the bundle holds CPU tensors wherever it was made.
         weights["aggregator"] = {k: v.cpu() for k, v in loaded.aggregator.state_dict().items()}
@@ -87,7 +100,11 @@ def export(
         test_time_flip=test_time_flip,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         git_commit=config.get("git_commit", "unknown"),
-        metrics={"validation_study_auc": fixed.study_aucs, "calibration": fixed.recorded()},
+        metrics={
+            "validation_study_auc": fixed.study_aucs,
+            "calibration": fixed.recorded(),
+            **({"head_refit": refit} if refit is not None else {}),
+        },
     )
     write_info(out, info)
     ModelBundle.load(out)  # refuse to leave a bundle the node could not load
@@ -158,7 +175,7 @@ def model_card(info: BundleInfo, config: dict[str, Any], synthetic: bool) -> str
     schedule = config.get("schedule", "constant")
     if config.get("warmup_epochs"):
         schedule += f" after {config['warmup_epochs']} warm-up epochs"
-    flip = flip_line(info)
+    flip = flip_line(info) + refit_line(info.metrics)
     return f"""# Model card: {info.name} {info.version}
 
 {synthetic_warning(synthetic)}{INTENDED_USE}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.inference import BundleInfo
     from train.evaluation.subgroups import SubgroupSpec
+    from train.head_refit import HeadRefitSpec
 
 ARCHS = (
     "resnet18",
@@ -90,6 +91,7 @@ def add_training_commands(commands: Any) -> None:
     )
     _add_subgroup_arguments(export, "--external-subgroups")
     export.add_argument("--test-time-flip", action="store_true", help=_TEST_TIME_FLIP)
+    _add_refit_arguments(export)
     export.set_defaults(run=_export)
 
     ensemble = commands.add_parser(
@@ -113,6 +115,7 @@ def add_training_commands(commands: Any) -> None:
     )  # fmt: skip
     _add_subgroup_arguments(ensemble, "--external-subgroups")
     ensemble.add_argument("--test-time-flip", action="store_true", help=_TEST_TIME_FLIP)
+    _add_refit_arguments(ensemble)
     ensemble.set_defaults(run=_ensemble)
 
 
@@ -120,6 +123,22 @@ _TEST_TIME_FLIP = (
     "score every view and its mirror image and average the logits (twice the "
     "inference time); calibration and thresholds are fixed on those scores"
 )
+
+
+def _add_refit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--refit-head", type=Path, metavar="DATASET",
+        help="refit the last layer (each member's) with group balance on all of this prepared "
+        "dataset (not the calibration data, not the training data) before calibration",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refit-groups", type=Path, metavar="CSV",
+        help="study attributes of the --refit-head data, keyed by study_instance_uid",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refit-by", default="", metavar="COL[,COL...]",
+        help="the --refit-groups columns that, with the label, make the groups (e.g. implant,cast)",
+    )  # fmt: skip
 
 
 def _add_subgroup_arguments(parser: argparse.ArgumentParser, option: str) -> None:
@@ -141,6 +160,20 @@ def _subgroups(args: argparse.Namespace) -> SubgroupSpec | None:
             raise ValueError("--by names the columns of a subgroups CSV; give the CSV too")
         return None
     return SubgroupSpec(args.subgroups, tuple(c.strip() for c in args.by.split(",") if c.strip()))
+
+
+def _head_refit(args: argparse.Namespace) -> HeadRefitSpec | None:
+    """The refit options as a spec; ValueError unless all three or none are given."""
+    from train.evaluation.subgroups import SubgroupSpec
+    from train.head_refit import HeadRefitSpec
+
+    given = [args.refit_head is not None, args.refit_groups is not None, bool(args.refit_by)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("a head refit needs --refit-head, --refit-groups and --refit-by together")
+    columns = tuple(c.strip() for c in args.refit_by.split(",") if c.strip())
+    return HeadRefitSpec(args.refit_head, SubgroupSpec(args.refit_groups, columns))
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -208,7 +241,7 @@ def _export(args: argparse.Namespace) -> int:
         args.run_dir, args.out, name=args.name, version=args.version,
         aggregator_run=args.aggregator_run, synthetic=args.synthetic,
         external_test=args.external_test, external_subgroups=_subgroups(args),
-        test_time_flip=args.test_time_flip,
+        test_time_flip=args.test_time_flip, head_refit=_head_refit(args),
     ))  # fmt: skip
 
 
@@ -220,6 +253,7 @@ def _ensemble(args: argparse.Namespace) -> int:
         calibration_split=args.calibration_split, name=args.name, version=args.version,
         synthetic=args.synthetic, external_test=args.external_test,
         external_subgroups=_subgroups(args), test_time_flip=args.test_time_flip,
+        head_refit=_head_refit(args),
     ))  # fmt: skip
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from tests.train.tiny_dataset import HEIGHT, WIDTH, make_tiny_dataset
 from train.data.augment import AugmentParams
+from train.export import export
 from train.fit import FitConfig, fit
 
 TINY = AugmentParams(height=HEIGHT, width=WIDTH)
@@ -29,3 +30,23 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_fit(tiny, tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def member_bundles(
+    tiny: Path, tiny_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> list[Path]:
+    """Two exported members of different architectures trained on the same tiny dataset."""
+    root = tmp_path_factory.mktemp("members")
+    other_run = tiny_fit(tiny, root / "run-slim", arch="resnet18_slim", seed=1)
+    bundles = []
+    for run in (tiny_run, other_run):
+        bundle = root / f"bundle-{run.name}"
+        export(run, bundle, name="member", version="0.0.1", synthetic=True, n_boot=50)
+        bundles.append(bundle)
+    return bundles
+
+
+@pytest.fixture(scope="module")
+def calibration_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("calibration"), studies=30, seed=5)

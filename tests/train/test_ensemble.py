@@ -23,7 +23,6 @@ from pipeline.models import (
     min_input_side,
     without_test_time_flip,
 )
-from tests.train.conftest import tiny_fit
 from tests.train.tiny_dataset import make_tiny_dataset
 from train.cli import main
 from train.data.datasets import read_views
@@ -31,26 +30,6 @@ from train.ensemble import export_ensemble
 from train.evaluate import LoadedModel, evaluate, fix_calibration, load_model, split_scores
 from train.evaluation.subgroups import SubgroupSpec
 from train.export import export
-
-
-@pytest.fixture(scope="module")
-def member_bundles(
-    tiny: Path, tiny_run: Path, tmp_path_factory: pytest.TempPathFactory
-) -> list[Path]:
-    """Two exported members of different architectures trained on the same tiny dataset."""
-    root = tmp_path_factory.mktemp("members")
-    other_run = tiny_fit(tiny, root / "run-slim", arch="resnet18_slim", seed=1)
-    bundles = []
-    for run in (tiny_run, other_run):
-        bundle = root / f"bundle-{run.name}"
-        export(run, bundle, name="member", version="0.0.1", synthetic=True, n_boot=50)
-        bundles.append(bundle)
-    return bundles
-
-
-@pytest.fixture(scope="module")
-def calibration_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_dataset(tmp_path_factory.mktemp("calibration"), studies=30, seed=5)
 
 
 def test_view_ensemble_is_the_mean_of_its_members() -> None:
