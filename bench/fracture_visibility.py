@@ -42,7 +42,7 @@ def matched_snr(kind: str, subtle: bool, view: str, views: int) -> list[float]:
 
 def crop_coverage(dataset: Path) -> list[float]:
     """The wrist crop's long side over the source image's long side, per prepared view."""
-    with (dataset / "metadata.csv").open(newline="") as handle:
+    with (dataset / "metadata.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     coverage = []
     for row in rows:
