@@ -304,9 +304,25 @@ def format_table(report: dict[str, Any]) -> str:
                 f"{r['balanced_accuracy']:>7.3f}{hs['sensitivity']:>9.3f}{hs['specificity']:>9.3f}"
                 f"{hp['sensitivity']:>9.3f}{hp['specificity']:>9.3f}"
             )
+    lines.append(_intervals_line(report))
     if "subgroups" in report:
         points = (HIGH_SENSITIVITY, HIGH_SPECIFICITY)
         lines += ["", f"subgroups, study level, aggregation {report['selected']} "
                   "(detected/fractured resp. cleared/intact, Wilson 95% CI):",
                   format_subgroups(report["subgroups"], points)]  # fmt: skip
     return "\n".join(lines)
+
+
+def _intervals_line(report: dict[str, Any]) -> str:
+    """The selected aggregation's study-level rates with their Wilson 95% intervals."""
+    study = report["aggregations"][report["selected"]]["study"]
+    parts = []
+    for name in (HIGH_SENSITIVITY, HIGH_SPECIFICITY):
+        point = study["operating_points"][name]
+        rates = [
+            f"{rate[:4]} {point[rate]:.3f} [{point[rate + '_ci95'][0]:.3f}, "
+            f"{point[rate + '_ci95'][1]:.3f}]"
+            for rate in ("sensitivity", "specificity")
+        ]
+        parts.append(f"{name}: {', '.join(rates)}")
+    return f"{report['selected']} study level, Wilson 95% CI: " + "; ".join(parts)

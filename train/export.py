@@ -244,8 +244,8 @@ intervals; a group far below the overall figures needs attention before use wher
 def metrics_table(result: dict[str, Any], selected: str) -> str:
     """Study-level rows per aggregation, then the instance-level AUC (Markdown)."""
     rows = [
-        "| aggregation | study AUC [95% CI] | sens / spec (high sens) | sens / spec (high spec) "
-        "| bal acc |",
+        "| aggregation | study AUC [95% CI] | sens / spec (high sens) [Wilson 95% CI] "
+        "| sens / spec (high spec) [Wilson 95% CI] | bal acc |",
         "|---|---|---|---|---|",
     ]
     for method, levels in result["aggregations"].items():
@@ -254,13 +254,24 @@ def metrics_table(result: dict[str, Any], selected: str) -> str:
         name = f"**{method}** (bundle)" if method == selected else method
         rows.append(
             f"| {name} | {s['auc']:.3f} [{s['auc_ci95'][0]:.3f}, {s['auc_ci95'][1]:.3f}] | "
-            f"{hs['sensitivity']:.3f} / {hs['specificity']:.3f} | "
-            f"{hp['sensitivity']:.3f} / {hp['specificity']:.3f} | {s['balanced_accuracy']:.3f} |"
+            f"{_rates(hs)} | {_rates(hp)} | {s['balanced_accuracy']:.3f} |"
         )
     instance = result["aggregations"][selected]["instance"]
     rows += ["", f"Instance level: AUC {instance['auc']:.3f} [{instance['auc_ci95'][0]:.3f}, "
              f"{instance['auc_ci95'][1]:.3f}] on {instance['n']} views."]  # fmt: skip
     return "\n".join(rows)
+
+
+def _rates(point: dict[str, Any]) -> str:
+    """ "sens [CI] / spec [CI]" of one operating point (intervals where the metrics have them)."""
+    parts = []
+    for rate in ("sensitivity", "specificity"):
+        text = f"{point[rate]:.3f}"
+        if f"{rate}_ci95" in point:  # bundles exported before the intervals were recorded
+            low, high = point[f"{rate}_ci95"]
+            text += f" [{low:.2f}, {high:.2f}]"
+        parts.append(text)
+    return " / ".join(parts)
 
 
 def _split_table(dataset: Path) -> str:

@@ -91,6 +91,17 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
     assert {v: (g["n"], g["positives"]) for v, g in groups.items()} == {
         "north": (12, 4), "south": (12, 4)}  # fmt: skip
     assert "### Subgroups of the external test set" in card
+    # The card's table gives each operating point's rates with their Wilson intervals.
+    external_study = info.metrics["external_test"]["aggregations"][info.aggregation]["study"]
+    point = external_study["operating_points"]["high_sensitivity"]
+    (sens_low, sens_high), (spec_low, spec_high) = (
+        point["sensitivity_ci95"],
+        point["specificity_ci95"],
+    )
+    assert (
+        f"| {point['sensitivity']:.3f} [{sens_low:.2f}, {sens_high:.2f}] / "
+        f"{point['specificity']:.3f} [{spec_low:.2f}, {spec_high:.2f}] |"
+    ) in card
     assert "| site = north | 12 | 4 |" in card and "| site = south | 12 | 4 |" in card
     assert sorted(p.name for p in (out / "members").iterdir()) == [
         "0-rx_lite_bn-curves.png", "0-rx_lite_bn.md", "1-resnet18_slim-curves.png",

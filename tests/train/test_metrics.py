@@ -15,7 +15,6 @@ from train.evaluation.calibration import (
 )
 from train.evaluation.metrics import (
     LevelReport,
-    OperatingPoint,
     bootstrap_auc_ci,
     confusion,
     level_report,
@@ -24,6 +23,7 @@ from train.evaluation.metrics import (
     roc_curve,
     threshold_for_sensitivity,
     threshold_for_specificity,
+    wilson_interval,
 )
 
 HAND_LABELS = [0, 0, 1, 1, 0, 1]
@@ -160,7 +160,10 @@ def test_thresholds_with_ties_and_all_negative_specificity() -> None:
 
 def test_operating_point_hand_case() -> None:
     point = operating_point(HAND_LABELS, HAND_SCORES, 0.35, "mid")
-    assert point == OperatingPoint("mid", 0.35, 1.0, 2 / 3)
+    assert (point.name, point.threshold) == ("mid", 0.35)
+    assert (point.sensitivity, point.specificity) == (1.0, pytest.approx(2 / 3))
+    assert point.sensitivity_ci95 == pytest.approx((0.4385, 1.0), abs=1e-4)
+    assert point.specificity_ci95 == pytest.approx((0.2077, 0.9385), abs=1e-4)
 
 
 def test_confusion_hand_case() -> None:
@@ -190,7 +193,13 @@ def test_level_report_json_has_exactly_the_documented_keys() -> None:
     }
     assert set(data["operating_points"]) == {"high_sensitivity", "high_specificity"}
     for point in data["operating_points"].values():
-        assert set(point) == {"threshold", "sensitivity", "specificity"}
+        assert set(point) == {
+            "threshold",
+            "sensitivity",
+            "specificity",
+            "sensitivity_ci95",
+            "specificity_ci95",
+        }
     assert data["n"] == 6 and data["positives"] == 3
     assert data["auc"] == pytest.approx(HAND_AUC)
     assert len(data["auc_ci95"]) == 2
@@ -198,16 +207,25 @@ def test_level_report_json_has_exactly_the_documented_keys() -> None:
     assert data["confusion"] == [[3, 0], [1, 2]]
     assert data["accuracy"] == pytest.approx(5 / 6)
     assert data["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    # Wilson 95% by hand (z = 1.96, n = 3): 3/3 -> [0.4385, 1.0]; 2/3 -> [0.2077, 0.9385].
+    all_three, two_of_three = (
+        pytest.approx([0.4385, 1.0], abs=1e-4),
+        pytest.approx([0.2077, 0.9385], abs=1e-4),
+    )
     assert data["operating_points"]["high_sensitivity"] == {
         "threshold": 0.3,
         "sensitivity": 1.0,
         "specificity": pytest.approx(2 / 3),
+        "sensitivity_ci95": all_three,
+        "specificity_ci95": two_of_three,
     }
     # At 0.8: positives .8 and .9 found, no negative reaches it.
     assert data["operating_points"]["high_specificity"] == {
         "threshold": 0.8,
         "sensitivity": pytest.approx(2 / 3),
         "specificity": 1.0,
+        "sensitivity_ci95": two_of_three,
+        "specificity_ci95": all_three,
     }
 
 
@@ -381,3 +399,13 @@ def test_expected_calibration_error_hand_cases() -> None:
     assert expected_calibration_error([0.5, 0.5], [0, 1]) == 0.0
     assert expected_calibration_error([1.0, 0.0], [1, 0]) == 0.0
     assert expected_calibration_error([1.0], [0], bins=1) == 1.0
+
+
+def test_wilson_interval_matches_hand_computation_and_refuses_nonsense() -> None:
+    # 117 of 130 (the demo model's 400-study held-out sensitivity): p = 0.9, z = 1.96,
+    # centre (p + z^2/2n) / (1 + z^2/n) = 0.88852, half-width 0.05211.
+    assert wilson_interval(117, 130) == pytest.approx((0.83641, 0.94062), abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0
+    for hits, n in ((1, 0), (-1, 5), (6, 5)):
+        with pytest.raises(ValueError):
+            wilson_interval(hits, n)

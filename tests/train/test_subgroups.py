@@ -10,6 +10,7 @@ import pytest
 
 from train.cli import main
 from train.evaluate import evaluate
+from train.evaluation.metrics import wilson_interval
 from train.evaluation.subgroups import (
     MISSING,
     NONE,
@@ -104,8 +105,12 @@ def test_evaluate_reports_subgroups_that_add_up_to_the_whole(
     for name, point in whole["operating_points"].items():
         detected = sum(g[name]["sensitivity"]["count"] for g in groups.values())
         assert detected / whole["positives"] == pytest.approx(point["sensitivity"])
+        assert point["sensitivity_ci95"] == list(wilson_interval(detected, whole["positives"]))
         cleared = sum(g[name]["specificity"]["count"] for g in groups.values())
         assert cleared / (whole["n"] - whole["positives"]) == pytest.approx(point["specificity"])
+        assert point["specificity_ci95"] == list(
+            wilson_interval(cleared, whole["n"] - whole["positives"])
+        )
     assert tn + fp + fn + tp == whole["n"]
 
     base = ["evaluate", str(tiny_run), str(tiny), "--bootstrap", "20", "--subgroups", str(path)]
@@ -116,3 +121,6 @@ def test_evaluate_reports_subgroups_that_add_up_to_the_whole(
     assert main([*base, "--by", "site"]) == 0
     out = capsys.readouterr().out
     assert "site=north" in out and "site=south" in out
+    point = whole["operating_points"]["high_sensitivity"]
+    low, high = point["sensitivity_ci95"]
+    assert f"high_sensitivity: sens {point['sensitivity']:.3f} [{low:.3f}, {high:.3f}]" in out

@@ -1,5 +1,8 @@
 """Binary classification metrics in plain numpy: ROC, AUC, bootstrap intervals, operating points.
 
+Sensitivity and specificity carry Wilson 95% intervals: on a few hundred studies they are wide
+(130 fractured studies give about +-0.05 around 0.92), which decides how large a test set must be.
+
 Convention everywhere: a sample is predicted positive when ``score >= threshold``.
 """
 
@@ -10,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy.stats import binomtest
 
 HIGH_SENSITIVITY = "high_sensitivity"
 HIGH_SPECIFICITY = "high_specificity"
@@ -163,6 +167,14 @@ def bootstrap_auc_ci(
     return float(low), float(high)
 
 
+def wilson_interval(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of the proportion ``hits / n`` (``n`` > 0)."""
+    if n <= 0 or not 0 <= hits <= n:
+        raise ValueError(f"need 0 <= hits <= n and n > 0, got hits={hits}, n={n}")
+    interval = binomtest(hits, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """A named decision threshold and what it achieves on some data."""
@@ -171,13 +183,18 @@ class OperatingPoint:
     threshold: float
     sensitivity: float
     specificity: float
+    sensitivity_ci95: tuple[float, float]
+    specificity_ci95: tuple[float, float]
 
-    def to_json(self) -> dict[str, float]:
-        """``{"threshold", "sensitivity", "specificity"}`` (the name is the key outside)."""
+    def to_json(self) -> dict[str, Any]:
+        """Threshold, sensitivity, specificity and their Wilson 95% intervals (the name is the
+        key outside)."""
         return {
             "threshold": self.threshold,
             "sensitivity": self.sensitivity,
             "specificity": self.specificity,
+            "sensitivity_ci95": list(self.sensitivity_ci95),
+            "specificity_ci95": list(self.specificity_ci95),
         }
 
 
@@ -219,11 +236,15 @@ def operating_point(
     """Sensitivity and specificity of ``scores >= threshold``."""
     y, s = _validated(labels, scores)
     predicted = s >= threshold
+    found, cleared = int(np.count_nonzero(predicted & y)), int(np.count_nonzero(~predicted & ~y))
+    positives, negatives = int(y.sum()), int((~y).sum())
     return OperatingPoint(
         name=name,
         threshold=float(threshold),
-        sensitivity=float(predicted[y].mean()),
-        specificity=float((~predicted[~y]).mean()),
+        sensitivity=found / positives,
+        specificity=cleared / negatives,
+        sensitivity_ci95=wilson_interval(found, positives),
+        specificity_ci95=wilson_interval(cleared, negatives),
     )
 
 

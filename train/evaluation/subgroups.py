@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import binomtest
 
-from train.evaluation.metrics import roc_auc
+from train.evaluation.metrics import roc_auc, wilson_interval
 
 STUDY_KEY = "study_instance_uid"
 NONE = "(none)"
@@ -71,9 +70,7 @@ def read_study_attributes(path: Path, columns: Sequence[str]) -> dict[str, dict[
 def _rate(hits: int, n: int) -> dict[str, Any]:
     if n == 0:
         return {"value": None, "ci95": None, "count": 0, "n": 0}
-    interval = binomtest(hits, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return {"value": hits / n, "ci95": [float(interval.low), float(interval.high)],
-            "count": hits, "n": n}  # fmt: skip
+    return {"value": hits / n, "ci95": list(wilson_interval(hits, n)), "count": hits, "n": n}
 
 
 def subgroup_report(
