@@ -42,7 +42,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--studies", type=int, default=6000)
-    parser.add_argument("--heldout-studies", type=int, default=400)
+    parser.add_argument("--heldout-studies", type=int, default=2400,
+                        help="the external test, as in make demo-model")  # fmt: skip
     parser.add_argument("--calibration-studies", type=int, default=800,
                         help="the ensembles' calibration archive (0: no ensembles)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=40)

@@ -218,10 +218,13 @@ def external_section(info: BundleInfo) -> str:
     external = info.metrics.get("external_test")
     if external is None:
         return ""
+    study = external["aggregations"][info.aggregation]["study"]
+    views = external["aggregations"][info.aggregation]["instance"]["n"]
     return f"""
 ## Metrics on an external test set ({external["dataset"]}, never used in training)
-All of dataset `{external["dataset"]}` (metadata hash `{external["dataset_hash"][:16]}`),
-evaluated with the bundle's own calibration, aggregation and thresholds.
+All of dataset `{external["dataset"]}` (metadata hash `{external["dataset_hash"][:16]}`):
+{study["n"]} studies, {study["positives"]} fractured, {views} views, evaluated with the
+bundle's own calibration, aggregation and thresholds.
 
 {metrics_table(external, info.aggregation)}
 {_subgroup_section(external)}"""

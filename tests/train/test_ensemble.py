@@ -91,8 +91,9 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
     assert {v: (g["n"], g["positives"]) for v, g in groups.items()} == {
         "north": (12, 4), "south": (12, 4)}  # fmt: skip
     assert "### Subgroups of the external test set" in card
-    # The card's table gives each operating point's rates with their Wilson intervals.
     external_study = info.metrics["external_test"]["aggregations"][info.aggregation]["study"]
+    assert "24 studies, 8 fractured" in card
+    # The card's table gives each operating point's rates with their Wilson intervals.
     point = external_study["operating_points"]["high_sensitivity"]
     (sens_low, sens_high), (spec_low, spec_high) = (
         point["sensitivity_ci95"],
