@@ -30,6 +30,7 @@ from train.evaluation.calibration import apply_temperature, fit_temperature
 from train.evaluation.metrics import (
     HIGH_SENSITIVITY,
     HIGH_SPECIFICITY,
+    format_rates,
     level_report,
     roc_auc,
     threshold_for_sensitivity,
@@ -315,14 +316,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def _intervals_line(report: dict[str, Any]) -> str:
     """The selected aggregation's study-level rates with their Wilson 95% intervals."""
-    study = report["aggregations"][report["selected"]]["study"]
-    parts = []
-    for name in (HIGH_SENSITIVITY, HIGH_SPECIFICITY):
-        point = study["operating_points"][name]
-        rates = [
-            f"{rate[:4]} {point[rate]:.3f} [{point[rate + '_ci95'][0]:.3f}, "
-            f"{point[rate + '_ci95'][1]:.3f}]"
-            for rate in ("sensitivity", "specificity")
-        ]
-        parts.append(f"{name}: {', '.join(rates)}")
-    return f"{report['selected']} study level, Wilson 95% CI: " + "; ".join(parts)
+    points = report["aggregations"][report["selected"]]["study"]["operating_points"]
+    rates = "; ".join(f"{name} {format_rates(points[name])}"
+                      for name in (HIGH_SENSITIVITY, HIGH_SPECIFICITY))  # fmt: skip
+    return f"{report['selected']} study level, sens / spec [Wilson 95% CI]: {rates}"

@@ -23,7 +23,7 @@ from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
 from train.data.datasets import read_views
 from train.evaluate import evaluate, fix_calibration, load_model, split_scores
-from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY
+from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY, format_rates
 from train.evaluation.subgroups import SubgroupSpec, markdown_subgroups
 from train.fit import dataset_hash, load_weights
 from train.head_refit import HeadRefitSpec, refit_for_export, refit_line
@@ -257,24 +257,12 @@ def metrics_table(result: dict[str, Any], selected: str) -> str:
         name = f"**{method}** (bundle)" if method == selected else method
         rows.append(
             f"| {name} | {s['auc']:.3f} [{s['auc_ci95'][0]:.3f}, {s['auc_ci95'][1]:.3f}] | "
-            f"{_rates(hs)} | {_rates(hp)} | {s['balanced_accuracy']:.3f} |"
+            f"{format_rates(hs)} | {format_rates(hp)} | {s['balanced_accuracy']:.3f} |"
         )
     instance = result["aggregations"][selected]["instance"]
     rows += ["", f"Instance level: AUC {instance['auc']:.3f} [{instance['auc_ci95'][0]:.3f}, "
              f"{instance['auc_ci95'][1]:.3f}] on {instance['n']} views."]  # fmt: skip
     return "\n".join(rows)
-
-
-def _rates(point: dict[str, Any]) -> str:
-    """ "sens [CI] / spec [CI]" of one operating point (intervals where the metrics have them)."""
-    parts = []
-    for rate in ("sensitivity", "specificity"):
-        text = f"{point[rate]:.3f}"
-        if f"{rate}_ci95" in point:  # bundles exported before the intervals were recorded
-            low, high = point[f"{rate}_ci95"]
-            text += f" [{low:.2f}, {high:.2f}]"
-        parts.append(text)
-    return " / ".join(parts)
 
 
 def _split_table(dataset: Path) -> str:

@@ -17,6 +17,7 @@ from train.evaluation.metrics import (
     LevelReport,
     bootstrap_auc_ci,
     confusion,
+    format_rates,
     level_report,
     operating_point,
     roc_auc,
@@ -409,3 +410,12 @@ def test_wilson_interval_matches_hand_computation_and_refuses_nonsense() -> None
     for hits, n in ((1, 0), (-1, 5), (6, 5)):
         with pytest.raises(ValueError):
             wilson_interval(hits, n)
+
+
+def test_format_rates_with_and_without_recorded_intervals() -> None:
+    point = {"threshold": 0.3, "sensitivity": 0.9, "specificity": 0.943,
+             "sensitivity_ci95": [0.83641, 0.94062], "specificity_ci95": [0.9, 0.97]}  # fmt: skip
+    assert format_rates(point) == "0.900 [0.84, 0.94] / 0.943 [0.90, 0.97]"
+    # Reports recorded before the intervals existed (older bundles' model.json) still render.
+    older = {"threshold": 0.3, "sensitivity": 0.9, "specificity": 0.943}
+    assert format_rates(older) == "0.900 / 0.943"

@@ -122,5 +122,11 @@ def test_evaluate_reports_subgroups_that_add_up_to_the_whole(
     out = capsys.readouterr().out
     assert "site=north" in out and "site=south" in out
     point = whole["operating_points"]["high_sensitivity"]
-    low, high = point["sensitivity_ci95"]
-    assert f"high_sensitivity: sens {point['sensitivity']:.3f} [{low:.3f}, {high:.3f}]" in out
+    (sens_low, sens_high), (spec_low, spec_high) = (
+        point["sensitivity_ci95"],
+        point["specificity_ci95"],
+    )
+    assert (
+        f"high_sensitivity {point['sensitivity']:.3f} [{sens_low:.2f}, {sens_high:.2f}] / "
+        f"{point['specificity']:.3f} [{spec_low:.2f}, {spec_high:.2f}]"
+    ) in out

@@ -198,6 +198,19 @@ class OperatingPoint:
         }
 
 
+def format_rates(point: dict[str, Any]) -> str:
+    """ "sens [CI] / spec [CI]" of an operating point's JSON (``OperatingPoint.to_json``);
+    without intervals for reports recorded before they existed."""
+    parts = []
+    for rate in ("sensitivity", "specificity"):
+        text = f"{point[rate]:.3f}"
+        if f"{rate}_ci95" in point:
+            low, high = point[f"{rate}_ci95"]
+            text += f" [{low:.2f}, {high:.2f}]"
+        parts.append(text)
+    return " / ".join(parts)
+
+
 def _check_target(target: float) -> None:
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target must be in (0, 1], got {target}")
