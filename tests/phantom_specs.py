@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from train.phantoms.anatomy import ViewSpec
 
 PLAIN = ViewSpec(
@@ -25,3 +28,13 @@ PLAIN = ViewSpec(
     blur=0.5,
     heel=0.0,
 )
+
+
+def folder_digest(folder: Path) -> str:
+    """One hash of every file's relative path and bytes under `folder` (archive equality)."""
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            h.update(path.relative_to(folder).as_posix().encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()

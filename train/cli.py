@@ -30,6 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     synth.add_argument("--workers", type=int, default=2, help="processes (2)")
     synth.add_argument(
+        "--renderer",
+        choices=("phantom", "projection", "mixed"),
+        default="phantom",
+        help="phantom: the first world (default); projection: the second, independently"
+        " designed renderer (3-D solids, detector chain); mixed: each study drawn by either",
+    )
+    synth.add_argument(
+        "--randomise",
+        action="store_true",
+        help="redraw the look of every phantom image over wide ranges (mixed always does)",
+    )
+    synth.add_argument(
         "--syntaxes",
         default="",
         help="comma-separated transfer syntaxes to use (default: all, in hospital proportions);"
@@ -105,13 +117,20 @@ def _synth(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=bar.update,
             syntaxes=_syntaxes(args.syntaxes),
+            renderer=args.renderer,
+            randomise=args.randomise,
         )
     print(
         f"wrote {summary.instances} instances in {summary.studies} studies "
         f"({summary.fractured_studies} fractured, {summary.corrupt_instances} deliberately "
         f"corrupt) to {args.out}"
     )
-    if args.preview:
+    if args.preview and args.renderer == "mixed":
+        for renderer in ("phantom", "projection"):
+            sheet = args.preview.with_name(f"{args.preview.stem}-{renderer}{args.preview.suffix}")
+            tiles = write_contact_sheet(args.out, sheet, renderer=renderer)
+            print(f"contact sheet of {tiles} situations drawn by {renderer}: {sheet}")
+    elif args.preview:
         tiles = write_contact_sheet(args.out, args.preview)
         print(f"contact sheet of {tiles} situations: {args.preview}")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,9 +37,10 @@ from train.evaluation.subgroups import SubgroupSpec
 from train.export import (
     INTENDED_USE,
     LIMITATIONS,
-    external_metrics,
+    cross_world_section,
     external_section,
     flip_line,
+    held_out_metrics,
     synthetic_warning,
     write_info,
 )
@@ -61,6 +62,7 @@ def export_ensemble(
     synthetic: bool = False,
     external_test: Path | None = None,
     external_subgroups: SubgroupSpec | None = None,
+    world_tests: Mapping[str, Path] | None = None,
     test_time_flip: bool = False,
     head_refit: HeadRefitSpec | None = None,
     n_boot: int = 2000,
@@ -71,6 +73,8 @@ def export_ensemble(
     the aggregation, temperatures and thresholds; it must not be data the members trained on.
     `external_test`: a dataset from an archive never used in training or calibration, evaluated
     whole afterwards for the model card (with its subgroups' figures by `external_subgroups`).
+    `world_tests`: world name -> a dataset from that world, evaluated whole at the ensemble's
+    own thresholds for the model card's "Across worlds" table (`metrics.cross_world`).
     `test_time_flip`: score each view and its mirror image and average the logits
     (`pipeline.models.FlipAveraged`); calibration and thresholds are fixed on those scores.
     `head_refit`: refit each member's last layer with group balance on other data first
@@ -151,10 +155,9 @@ def export_ensemble(
     )
     write_info(out, info)
     ModelBundle.load(out)  # refuse to leave a bundle the node could not load
-    if external_test is not None:
-        external = external_metrics(out, external_test, external_subgroups, n_boot)
-        metrics = {**info.metrics, "external_test": external}
-        info = BundleInfo(**{**asdict(info), "metrics": metrics})
+    held_out = held_out_metrics(out, info, external_test, external_subgroups, world_tests, n_boot)
+    if held_out:
+        info = BundleInfo(**{**asdict(info), "metrics": {**info.metrics, **held_out}})
         write_info(out, info)
     (out / "MODEL_CARD.md").write_text(ensemble_card(info, synthetic), encoding="utf-8")
     return info
@@ -222,5 +225,5 @@ figures) and training curves are in `members/`.
 Split `{data["split"]}` of dataset `{data["dataset"]}` (metadata hash
 `{data["dataset_hash"][:16]}`): {data["studies"]} studies, {data["fractured"]} fractured,
 {data["views"]} views. No member trained on it.
-{external_section(info)}
+{external_section(info)}{cross_world_section(info, f"calibrated on `{data['dataset']}`")}
 {LIMITATIONS}"""

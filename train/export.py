@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +24,7 @@ from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
 from train.data.datasets import read_views
 from train.evaluate import evaluate, fix_calibration, load_model, split_scores
+from train.evaluation.cross_world import cross_world_entry, markdown_cross_world
 from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY, format_rates
 from train.evaluation.subgroups import SubgroupSpec, markdown_subgroups
 from train.fit import dataset_hash, load_weights
@@ -39,6 +41,7 @@ def export(
     synthetic: bool = False,
     external_test: Path | None = None,
     external_subgroups: SubgroupSpec | None = None,
+    world_tests: Mapping[str, Path] | None = None,
     test_time_flip: bool = False,
     head_refit: HeadRefitSpec | None = None,
     n_boot: int = 2000,
@@ -48,6 +51,8 @@ def export(
     `external_test`: a dataset prepared from an archive the model never saw (all of it is
     evaluated, after everything is fixed on validation); its figures go into the model card,
     with its subgroups' when `external_subgroups` says which.
+    `world_tests`: world name -> a dataset prepared from that world (e.g. another renderer),
+    each evaluated whole at the bundle's own thresholds (`metrics.cross_world`, "Across worlds").
     `test_time_flip`: score each view and its mirror image and average the logits; validation
     fixes calibration and thresholds on those scores.
     `head_refit`: refit the last layer with group balance on other data (`train.head_refit`)
@@ -108,9 +113,9 @@ def export(
     )
     write_info(out, info)
     ModelBundle.load(out)  # refuse to leave a bundle the node could not load
-    metrics = {**info.metrics, "test": evaluate(out, dataset, split="test", n_boot=n_boot)}
-    if external_test is not None:
-        metrics["external_test"] = external_metrics(out, external_test, external_subgroups, n_boot)
+    metrics = {**info.metrics, "test": evaluate(out, dataset, split="test", n_boot=n_boot),
+               **held_out_metrics(out, info, external_test, external_subgroups, world_tests,
+                                  n_boot)}  # fmt: skip
     info = BundleInfo(**{**asdict(info), "metrics": metrics})
     write_info(out, info)
     (out / "MODEL_CARD.md").write_text(model_card(info, config, synthetic), encoding="utf-8")
@@ -201,8 +206,38 @@ patient, stratified by label:
 
 ## Metrics on the held-out test split ({test["split"]}, operating points fixed on validation)
 {metrics_table(test, info.aggregation)}
-{external_section(info)}
+{external_section(info)}{cross_world_section(info, _trained_on(config))}
 {LIMITATIONS}"""
+
+
+def _trained_on(config: dict[str, Any]) -> str:
+    return f"trained on `{Path(config['dataset']).name}`"
+
+
+def held_out_metrics(
+    bundle: Path,
+    info: BundleInfo,
+    external_test: Path | None,
+    external_subgroups: SubgroupSpec | None,
+    world_tests: Mapping[str, Path] | None,
+    n_boot: int,
+) -> dict[str, Any]:
+    """`external_test` and `cross_world` for `model.json`'s metrics (those asked for): the
+    written bundle evaluated on all of each dataset, nothing fitted there."""
+    metrics: dict[str, Any] = {}
+    if external_test is not None:
+        metrics["external_test"] = external_metrics(bundle, external_test, external_subgroups,
+                                                    n_boot)  # fmt: skip
+    if world_tests:
+        metrics["cross_world"] = {}
+        for name, dataset in world_tests.items():
+            report = external_metrics(bundle, dataset, None, n_boot)
+            metrics["cross_world"][name] = {
+                **cross_world_entry(report, info.thresholds),
+                "dataset": report["dataset"],
+                "dataset_hash": report["dataset_hash"],
+            }
+    return metrics
 
 
 def external_metrics(
@@ -228,6 +263,35 @@ bundle's own calibration, aggregation and thresholds.
 
 {metrics_table(external, info.aggregation)}
 {_subgroup_section(external)}"""
+
+
+def cross_world_section(info: BundleInfo, trained: str) -> str:
+    """The model card's "Across worlds" section; empty without world tests. `trained` names
+    where the bundle's thresholds were fixed (the row)."""
+    worlds = info.metrics.get("cross_world")
+    if not worlds:
+        return ""
+    table = markdown_cross_world({f"{info.name} {info.version} ({trained})": worlds},
+                                 list(worlds), "bundle / tested on")  # fmt: skip
+    data = "\n".join(
+        f"- `{name}`: all of dataset `{w['dataset']}` (metadata hash `{w['dataset_hash'][:16]}`),"
+        f" {w['n']} studies, {w['positives']} fractured"
+        for name, w in worlds.items()
+    )
+    return f"""
+## Across worlds
+{table}
+
+How to read it: the row is the model's training world, where its thresholds were fixed; each
+column is all of a dataset from one test world, scored at those same thresholds (nothing is
+refitted there). "possible" and "likely" give sensitivity/specificity at the high-sensitivity
+and high-specificity operating points; AUC has its bootstrap 95% interval; ECE is the expected
+calibration error of the study probability (10 equal-width bins). Figures in a world the model
+was not trained in are what a hospital should expect at best: its archive is one more world
+the model has never seen.
+
+{data}
+"""
 
 
 def _subgroup_section(external: dict[str, Any]) -> str:

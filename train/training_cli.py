@@ -90,6 +90,7 @@ def add_training_commands(commands: Any) -> None:
         help="mark the model card: trained on synthetic data, not for clinical use",
     )
     _add_subgroup_arguments(export, "--external-subgroups")
+    _add_world_test_argument(export)
     export.add_argument("--test-time-flip", action="store_true", help=_TEST_TIME_FLIP)
     _add_refit_arguments(export)
     export.set_defaults(run=_export)
@@ -114,6 +115,7 @@ def add_training_commands(commands: Any) -> None:
         help="mark the model card: synthetic data, not for clinical use",
     )  # fmt: skip
     _add_subgroup_arguments(ensemble, "--external-subgroups")
+    _add_world_test_argument(ensemble)
     ensemble.add_argument("--test-time-flip", action="store_true", help=_TEST_TIME_FLIP)
     _add_refit_arguments(ensemble)
     ensemble.set_defaults(run=_ensemble)
@@ -139,6 +141,28 @@ def _add_refit_arguments(parser: argparse.ArgumentParser) -> None:
         "--refit-by", default="", metavar="COL[,COL...]",
         help="the --refit-groups columns that, with the label, make the groups (e.g. implant,cast)",
     )  # fmt: skip
+
+
+def _add_world_test_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--world-test", action="append", default=[], metavar="NAME=DATASET",
+        help="a dataset prepared from world NAME (e.g. another renderer), evaluated whole at the "
+        "bundle's own thresholds for the model card's 'Across worlds' table; repeatable",
+    )  # fmt: skip
+
+
+def _world_tests(args: argparse.Namespace) -> dict[str, Path]:
+    """`--world-test NAME=DATASET` options as {NAME: DATASET}; ValueError when malformed."""
+    worlds: dict[str, Path] = {}
+    for text in args.world_test:
+        name, sep, dataset = text.partition("=")
+        name = name.strip()
+        if not (sep and name and dataset):
+            raise ValueError(f"--world-test {text!r} is not NAME=DATASET")
+        if name in worlds:
+            raise ValueError(f"--world-test names world {name!r} twice")
+        worlds[name] = Path(dataset)
+    return worlds
 
 
 def _add_subgroup_arguments(parser: argparse.ArgumentParser, option: str) -> None:
@@ -241,7 +265,8 @@ def _export(args: argparse.Namespace) -> int:
         args.run_dir, args.out, name=args.name, version=args.version,
         aggregator_run=args.aggregator_run, synthetic=args.synthetic,
         external_test=args.external_test, external_subgroups=_subgroups(args),
-        test_time_flip=args.test_time_flip, head_refit=_head_refit(args),
+        world_tests=_world_tests(args), test_time_flip=args.test_time_flip,
+        head_refit=_head_refit(args),
     ))  # fmt: skip
 
 
@@ -252,8 +277,8 @@ def _ensemble(args: argparse.Namespace) -> int:
         args.members, args.out, calibration=args.calibration,
         calibration_split=args.calibration_split, name=args.name, version=args.version,
         synthetic=args.synthetic, external_test=args.external_test,
-        external_subgroups=_subgroups(args), test_time_flip=args.test_time_flip,
-        head_refit=_head_refit(args),
+        external_subgroups=_subgroups(args), world_tests=_world_tests(args),
+        test_time_flip=args.test_time_flip, head_refit=_head_refit(args),
     ))  # fmt: skip
 
 

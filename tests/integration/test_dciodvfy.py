@@ -90,3 +90,28 @@ def test_archive_instances_pass_dciodvfy_except_legacy_tags(
             assert all("Body Part Examined" in e or "invalid data values" in e for e in errors)
         checked += 1
     assert checked > 100
+
+
+def test_projection_world_instances_pass_dciodvfy(tmp_path: Path) -> None:
+    """The second renderer's archive: every decoy body part, oblique views, every SOP kind."""
+    from train.phantoms.archive import generate_archive
+
+    generate_archive(
+        tmp_path / "p",
+        studies=60,
+        seed=31,
+        renderer="projection",
+        workers=2,
+        syntaxes=("explicit_le", "rle", "jpegls_lossless", "j2k_lossless"),
+    )
+    rows = [r for r in read_truth(tmp_path / "p") if not r["corrupt"]]
+    assert {r["renderer"] for r in rows} == {"projection"}
+    assert len({r["body_part"] for r in rows}) >= 6 and any(r["view"] == "OBL" for r in rows)
+    failures = {}
+    for row in rows:
+        errors = _dciodvfy(tmp_path / "p" / row["path"], tmp_path)
+        if row["conformant"] == "1" and errors:
+            failures[row["path"]] = errors
+        elif row["conformant"] != "1":
+            assert all("Body Part Examined" in e or "invalid data values" in e for e in errors)
+    assert failures == {}

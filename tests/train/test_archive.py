@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -12,27 +11,19 @@ import numpy as np
 import pytest
 
 from pipeline.dicomio import DicomImageError, read_radiograph
+from tests.phantom_specs import folder_digest
 from train.cli import main as train_main
 from train.phantoms.archive import generate_archive, read_truth
 from train.phantoms.encoding import TRANSFER_SYNTAXES
 from train.phantoms.plan import as_code_string, plan_study
 
 
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            h.update(path.relative_to(folder).as_posix().encode())
-            h.update(path.read_bytes())
-    return h.hexdigest()
-
-
 def test_same_seed_same_archive_other_seed_other_archive(tmp_path: Path) -> None:
     generate_archive(tmp_path / "a", studies=4, seed=5)
     generate_archive(tmp_path / "b", studies=4, seed=5, workers=2)
     generate_archive(tmp_path / "c", studies=4, seed=6)
-    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
-    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+    assert folder_digest(tmp_path / "a") == folder_digest(tmp_path / "b")
+    assert folder_digest(tmp_path / "a") != folder_digest(tmp_path / "c")
 
 
 def test_archive_files_labels_and_truth_agree(synthetic_archive: Path) -> None:

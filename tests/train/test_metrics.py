@@ -191,6 +191,7 @@ def test_level_report_json_has_exactly_the_documented_keys() -> None:
         "balanced_accuracy",
         "confusion",
         "operating_points",
+        "ece",
     }
     assert set(data["operating_points"]) == {"high_sensitivity", "high_specificity"}
     for point in data["operating_points"].values():
@@ -208,6 +209,8 @@ def test_level_report_json_has_exactly_the_documented_keys() -> None:
     assert data["confusion"] == [[3, 0], [1, 2]]
     assert data["accuracy"] == pytest.approx(5 / 6)
     assert data["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    # Every score in a bin of its own: the mean of |label - score| = 1.65 / 6.
+    assert data["ece"] == pytest.approx(0.275)
     # Wilson 95% by hand (z = 1.96, n = 3): 3/3 -> [0.4385, 1.0]; 2/3 -> [0.2077, 0.9385].
     all_three, two_of_three = (
         pytest.approx([0.4385, 1.0], abs=1e-4),

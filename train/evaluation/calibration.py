@@ -9,6 +9,8 @@ import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+ECE_BINS = 10
+"""Equal-width bins of [0, 1] for the expected calibration error everywhere it is reported."""
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -58,12 +60,15 @@ def apply_temperature(logits: npt.ArrayLike, temperature: float) -> FloatArray:
 
 
 def expected_calibration_error(
-    probabilities: npt.ArrayLike, labels: npt.ArrayLike, *, bins: int = 10
+    probabilities: npt.ArrayLike, labels: npt.ArrayLike, *, bins: int = ECE_BINS
 ) -> float:
     """ECE of the positive-class probability over ``bins`` equal-width bins of [0, 1].
 
-    Sum over bins of (bin share) * |observed positive rate - mean probability|; the last bin
-    is closed so that p = 1 is counted.
+    Sum over bins of (bin share) * |observed positive rate - mean probability|; bin k holds
+    k/bins <= p < (k+1)/bins and the last bin is closed so that p = 1 is counted. `evaluate`
+    reports it (key `ece`) for a bundle's calibrated study probabilities: 0 when, in every bin,
+    the share of fractured studies equals the mean probability. Sparse bins make it noisy on
+    small sets, and it tends to overstate the error there.
     """
     if bins < 1:
         raise ValueError(f"bins must be at least 1, got {bins}")

@@ -15,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import binomtest
 
+from train.evaluation.calibration import ECE_BINS, expected_calibration_error
+
 HIGH_SENSITIVITY = "high_sensitivity"
 HIGH_SPECIFICITY = "high_specificity"
 OPERATING_POINT_NAMES = (HIGH_SENSITIVITY, HIGH_SPECIFICITY)
@@ -286,6 +288,8 @@ class LevelReport:
     balanced_accuracy: float
     confusion: list[list[int]]
     operating_points: dict[str, OperatingPoint]
+    ece: float
+    """Expected calibration error of the scores over 10 equal-width bins of [0, 1]."""
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types, with exactly the documented keys."""
@@ -300,6 +304,7 @@ class LevelReport:
             "operating_points": {
                 name: point.to_json() for name, point in self.operating_points.items()
             },
+            "ece": self.ece,
         }
 
 
@@ -312,7 +317,8 @@ def level_report(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> LevelReport:
-    """Report of one level; accuracy and confusion at 0.5.
+    """Report of one level of calibrated probabilities; accuracy and confusion at 0.5, and the
+    expected calibration error over 10 equal-width bins (`calibration.ECE_BINS`).
 
     ``thresholds`` maps "high_sensitivity" and "high_specificity" to thresholds fixed beforehand
     on validation data: choosing them on the data being reported would flatter the result.
@@ -337,4 +343,5 @@ def level_report(
         operating_points={
             name: operating_point(y, s, thresholds[name], name) for name in OPERATING_POINT_NAMES
         },
+        ece=expected_calibration_error(s, y, bins=ECE_BINS),
     )

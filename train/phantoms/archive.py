@@ -20,9 +20,10 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 
-from train.phantoms.anatomy import RenderedView, render_view
+from train.phantoms import anatomy, appearance
 from train.phantoms.encoding import TRANSFER_SYNTAXES, to_stored, write_instance
-from train.phantoms.plan import InstancePlan, StudyPlan, plan_study
+from train.phantoms.plan import RENDERERS, InstancePlan, StudyPlan, plan_study
+from train.projection import render as projection
 
 SOP_CLASSES = {
     "CR": uid.ComputedRadiographyImageStorage,
@@ -38,6 +39,13 @@ ANATOMY_CODES = {
     "chest": ("51185008", "Thorax"),
     "pelvis": ("12921003", "Pelvis"),
     "skull": ("89546000", "Skull"),
+    "foot": ("56459004", "Foot"),
+    "ankle": ("70258002", "Ankle joint"),
+    "knee": ("72696002", "Knee joint"),
+    "lower_leg": ("30021000", "Lower leg"),
+    "elbow": ("76248009", "Elbow joint"),
+    "shoulder": ("91774008", "Shoulder joint"),
+    "spine": ("421060004", "Spine"),
 }
 TRUTH_COLUMNS = (
     "path",
@@ -72,7 +80,16 @@ TRUTH_COLUMNS = (
     "frame",
     "corrupt",
     "conformant",
+    "renderer",
+    "frame_shape",
+    "part_angles_deg",
+    "part_fingers_down",
+    "landmarks",
+    "appearance",
 )
+# Body Part Examined terms of unpaired parts, for which Laterality must not be sent.
+UNPAIRED_TAGS = frozenset({"CHEST", "PELVIS", "SKULL", "SPINE", "CSPINE", "LSPINE", "TSPINE"})
+Rendered = anatomy.RenderedView | projection.ProjectedView
 
 
 @dataclass(frozen=True)
@@ -94,8 +111,15 @@ def generate_archive(
     workers: int = 1,
     progress: Callable[[int], None] | None = None,
     syntaxes: tuple[str, ...] = (),
+    renderer: str = "phantom",
+    randomise: bool = False,
 ) -> ArchiveSummary:
-    """Generate `studies` synthetic studies under `out`; deterministic for `seed`."""
+    """Generate `studies` synthetic studies under `out`; deterministic for `seed`.
+
+    `renderer`: "phantom" (the first world), "projection" (the second, independently designed
+    one) or "mixed" (each study drawn by one of them). `randomise` redraws the look of every
+    phantom image (`train.phantoms.appearance`); "mixed" always does. The projection renderer
+    always samples its image chain over wide ranges."""
     if size not in ("small", "full"):
         raise ValueError(f"size must be 'small' or 'full', not {size!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +127,13 @@ def generate_archive(
     unknown = set(syntaxes) - set(TRANSFER_SYNTAXES)
     if unknown:
         raise ValueError(f"unknown transfer syntaxes {sorted(unknown)}")
-    jobs = [(out, seed, index, size, n_patients, syntaxes) for index in range(studies)]
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}; expected one of {', '.join(RENDERERS)}")
+    randomise = randomise or renderer == "mixed"
+    jobs = [
+        (out, seed, index, size, n_patients, syntaxes, renderer, randomise)
+        for index in range(studies)
+    ]
     rows: list[list[dict[str, str]]] = []
     plans: list[StudyPlan] = []
     if workers > 1:
@@ -144,21 +174,47 @@ def _write_labels(path: Path, plans: list[StudyPlan]) -> None:
 
 
 def _write_study(
-    job: tuple[Path, int, int, str, int, tuple[str, ...]],
+    job: tuple[Path, int, int, str, int, tuple[str, ...], str, bool],
 ) -> tuple[StudyPlan, list[dict[str, str]]]:
-    out, seed, index, size, n_patients, syntaxes = job
-    plan = plan_study(seed, index, size=size, n_patients=n_patients, syntaxes=syntaxes)
+    out, seed, index, size, n_patients, syntaxes, renderer, randomise = job
+    plan = plan_study(
+        seed, index, size=size, n_patients=n_patients, syntaxes=syntaxes, renderer=renderer
+    )
     if not plan.has_images:
         return plan, []
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 7]))
-    return plan, [write_instance_file(out, plan, instance, rng) for instance in plan.instances]
+    looks = np.random.default_rng(np.random.SeedSequence([seed, index, 11])) if randomise else None
+    return plan, [
+        write_instance_file(out, plan, instance, rng, looks) for instance in plan.instances
+    ]
+
+
+def render_instance(
+    plan: StudyPlan,
+    instance: InstancePlan,
+    rng: np.random.Generator,
+    looks: np.random.Generator | None = None,
+) -> Rendered:
+    """The planned instance drawn by its study's renderer; `looks`, when given, redraws the
+    appearance of a phantom image (from its own stream: the anatomy does not change)."""
+    if plan.renderer == "projection":
+        return projection.render_view(instance.spec, rng)  # type: ignore[arg-type]
+    rendered = anatomy.render_view(instance.spec, rng)  # type: ignore[arg-type]
+    if looks is None:
+        return rendered
+    image, drawn = appearance.randomise(rendered.image, looks)
+    return projection.ProjectedView(image, rendered.parts, (), drawn)
 
 
 def write_instance_file(
-    out: Path, plan: StudyPlan, instance: InstancePlan, rng: np.random.Generator
+    out: Path,
+    plan: StudyPlan,
+    instance: InstancePlan,
+    rng: np.random.Generator,
+    looks: np.random.Generator | None = None,
 ) -> dict[str, str]:
     """Render, encode and write one planned instance under `out`; returns its truth row."""
-    rendered = render_view(instance.spec, rng)
+    rendered = render_instance(plan, instance, rng, looks)
     relative = Path("dicom", plan.patient_id, plan.study_instance_uid)
     relative /= f"{instance.sop_instance_uid}.dcm"
     path = out / relative
@@ -170,7 +226,7 @@ def write_instance_file(
 
 
 def build_dataset(
-    plan: StudyPlan, instance: InstancePlan, rendered: RenderedView, rng: np.random.Generator
+    plan: StudyPlan, instance: InstancePlan, rendered: Rendered, rng: np.random.Generator
 ) -> tuple[Dataset, np.ndarray]:
     """The instance's dataset (without Pixel Data) and its stored pixels."""
     pixels, image_pixel = to_stored(
@@ -224,12 +280,15 @@ def build_dataset(
     if not instance.sop_kind.startswith("SC"):
         # PS3.3 defined terms: a lateral wrist is recorded as left or right lateral.
         lateral = "LL" if plan.laterality == "L" else "RL"
-        ds.ViewPosition = lateral if instance.spec.view == "LAT" else "PA"
+        positions = {"LAT": lateral, "PA": "PA", "OBL": ""}
+        ds.ViewPosition = positions.get(instance.spec.view, "")
     if not instance.sop_kind.startswith("DX"):
         # Series Laterality (Type 2C) where no Image Laterality is sent: empty when unpaired,
-        # which dciodvfy accepts with a warning, while its absence can be an error.
+        # which dciodvfy accepts with a warning, while its absence can be an error; but where
+        # the tag names a body part PS3.16 knows to be unpaired it must be absent.
         paired = plan.body_part == "wrist" or plan.mistagged
-        ds.Laterality = plan.laterality if paired else ""
+        if paired or plan.body_part_tag not in UNPAIRED_TAGS:
+            ds.Laterality = plan.laterality if paired else ""
     ds.PatientOrientation = ["L", "F"] if instance.spec.view == "PA" else ["A", "F"]
     ds.BurnedInAnnotation = "NO"
     ds.update(image_pixel)
@@ -296,7 +355,7 @@ def _corrupt(path: Path, kind: str) -> None:
 
 
 def _truth_row(
-    relative: Path, plan: StudyPlan, instance: InstancePlan, rendered: RenderedView
+    relative: Path, plan: StudyPlan, instance: InstancePlan, rendered: Rendered
 ) -> dict[str, str]:
     spec = instance.spec
     lines = [p.fracture_line for p in rendered.parts if p.fracture_line is not None]
@@ -334,6 +393,17 @@ def _truth_row(
         "frame": spec.frame or "",
         "corrupt": instance.corrupt,
         "conformant": str(int(plan.conformant)),
+        "renderer": plan.renderer,
+        "frame_shape": getattr(spec, "frame_shape", "full" if spec.frame else "none"),
+        "part_angles_deg": json.dumps([round(p.angle_deg, 2) for p in rendered.parts]),
+        "part_fingers_down": json.dumps([int(p.fingers_down) for p in rendered.parts]),
+        "landmarks": json.dumps(
+            [
+                {k: [round(x, 2), round(y, 2)] for k, (x, y) in m.items()}
+                for m in getattr(rendered, "landmarks", ())
+            ]
+        ),
+        "appearance": json.dumps(getattr(rendered, "appearance", {}), sort_keys=True),
     }
 
 

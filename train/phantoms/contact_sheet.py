@@ -6,8 +6,10 @@ images look like wrists and that every photometric and geometric situation is pr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -43,12 +45,61 @@ SITUATIONS: tuple[tuple[str, Callable[[Row], bool]], ...] = (
     ),
     ("JPEG 2000", lambda r: r["transfer_syntax"].startswith("j2k")),
     ("JPEG baseline", lambda r: r["transfer_syntax"] == "jpeg_baseline"),
+    # Situations only the projection world draws (absent ones are skipped).
+    ("oblique", lambda r: r["view"] == "OBL" and r["body_part"] == "wrist"),
+    ("child, open physes", lambda r: _drawn(r).get("age") == "child" and r["parts"] == "1"),
+    ("comminuted", lambda r: r["fracture_kind"] == "comminuted" and r["fracture_visible"] == "1"),
+    (
+        "ulnar styloid",
+        lambda r: r["fracture_kind"] == "ulnar_styloid" and r["fracture_visible"] == "1",
+    ),
+    ("L-shaped frame", lambda r: r.get("frame_shape") == "L"),
+    ("tilted frame", lambda r: r.get("frame_shape") == "tilted"),
+    ("frame on one or two sides", lambda r: r.get("frame_shape") == "partial"),
+    ("not-a-fracture lines", lambda r: bool(_drawn(r).get("mimics"))),
+    ("edge-enhanced", lambda r: _drawn(r).get("processing") in ("edge", "unsharp", "multiscale")),
+    ("decoy tagged as a wrist", lambda r: r["body_part"] != "wrist" and _wrist_tag(r)),
+    *(
+        (part.replace("_", " "), lambda r, part=part: r["body_part"] == part)
+        for part in ("foot", "ankle", "knee", "lower_leg", "elbow", "shoulder", "spine")
+    ),
 )
 
 
-def write_contact_sheet(archive: Path, out: Path, *, tile: int = 256, columns: int = 5) -> int:
-    """Write a PNG sheet of one instance per situation found in `archive`; returns tiles drawn."""
+def _drawn(row: Row) -> dict[str, Any]:
+    """The appearance parameters recorded for the instance (empty for plain phantom images)."""
+    text = row.get("appearance") or "{}"
+    drawn: dict[str, Any] = json.loads(text)
+    return drawn
+
+
+def _wrist_tag(row: Row) -> bool:
+    tag = row["body_part_tag"].upper()
+    return any(
+        word in tag
+        for word in (
+            "WRIST",
+            "MUNECA",
+            "MUÑECA",
+            "POIGNET",
+            "CANELL",
+            "PUNHO",
+            "HANDGELENK",
+            "WRSIT",
+            "MUNYECA",
+            "MUÑEKA",
+        )
+    )
+
+
+def write_contact_sheet(
+    archive: Path, out: Path, *, tile: int = 256, columns: int = 5, renderer: str | None = None
+) -> int:
+    """Write a PNG sheet of one instance per situation found in `archive` (only those drawn by
+    `renderer` when given); returns tiles drawn."""
     rows = [r for r in read_truth(archive) if not r["corrupt"]]
+    if renderer is not None:
+        rows = [r for r in rows if r.get("renderer", "phantom") == renderer]
     picks: list[tuple[str, Row]] = []
     used: set[str] = set()
     for name, matches in SITUATIONS:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, timedelta
+from typing import Any
 
 import numpy as np
 
 from train.phantoms.anatomy import Fracture, ViewSpec, random_view_spec
 from train.phantoms.encoding import TRANSFER_SYNTAXES
+from train.projection import spec as projection_spec
 
 FRACTURE_PREVALENCE = 0.31  # thesis Section 3.1: 4,214 of 13,538 studies
 VIEW_COUNTS = (
@@ -64,6 +67,104 @@ NON_WRIST_TAGS = {
     "skull": ("SKULL", "CRANEO", "CRÁNEO", "CRANI"),
 }
 WRONG_TAGS = ("ARM", "BRAZO", "FOREARM", "ANTEBRAZO")
+# The projection world's own frequencies and vocabulary: ten decoy body parts, decoys tagged
+# as a wrist, wrists tagged as a limb, more fracture kinds and more hairlines.
+PROJECTION_DECOY_TAGS = NON_WRIST_TAGS | {
+    "foot": ("FOOT", "PIE", "PIED", "FUSS"),
+    "ankle": ("ANKLE", "TOBILLO", "CHEVILLE", "TURMELL"),
+    "knee": ("KNEE", "RODILLA", "GENOU", "KNIE"),
+    "lower_leg": ("TIBIA", "LEG", "PIERNA", "UNTERSCHENKEL"),
+    "elbow": ("ELBOW", "CODO", "COUDE", "COLZE"),
+    "shoulder": ("SHOULDER", "HOMBRO", "EPAULE", "SCHULTER"),
+    "spine": ("SPINE", "COLUMNA", "L SPINE", "CSPINE"),
+}
+PROJECTION_WRIST_TAGS = (
+    *WRIST_TAGS,
+    ("EXTREMITY", 0.05),
+    ("UPPER LIMB", 0.03),
+    ("UPPER EXTREMITY", 0.02),
+    ("ARM", 0.04),
+    ("FOREARM", 0.02),
+)
+PROJECTION_FRACTURE_KINDS = (
+    ("transverse", 0.3),
+    ("oblique", 0.15),
+    ("comminuted", 0.1),
+    ("buckle", 0.15),
+    ("ulnar_styloid", 0.12),
+    ("scaphoid", 0.18),
+)
+RENDERERS = ("phantom", "projection", "mixed")
+
+
+@dataclass(frozen=True)
+class World:
+    """How one renderer's archive is drawn: which decoys, tags, findings and view sampler."""
+
+    name: str
+    non_wrist_share: float
+    decoys: tuple[str, ...]
+    decoy_tags: Mapping[str, tuple[str, ...]]
+    wrist_tagged_decoy_share: float
+    """Share of decoys whose Body Part Examined says WRIST (0 draws nothing: today's archives)."""
+    wrist_tags: tuple[tuple[str, float], ...]
+    fracture_kinds: tuple[tuple[str, float], ...]
+    subtle_share: float
+    implant_share: tuple[float, float]
+    """(intact, fractured) studies with an implant."""
+    cast_share: tuple[float, float]
+    sample_spec: Callable[..., Any]
+
+
+def _projection_spec(
+    rng: np.random.Generator, *, body_part: str, view: str, fracture: Fracture | None, size: str
+) -> Any:
+    kind = projection_spec.Fracture(fracture.kind, fracture.subtle) if fracture else None
+    return projection_spec.random_spec(
+        rng, body_part=body_part, view=view, fracture=kind, size=size
+    )
+
+
+WORLDS = {
+    "phantom": World(
+        "phantom",
+        NON_WRIST_SHARE,
+        ("chest", "pelvis", "skull"),
+        NON_WRIST_TAGS,
+        0.0,
+        WRIST_TAGS,
+        FRACTURE_KINDS,
+        0.2,
+        (0.03, 0.25),
+        (0.04, 0.2),
+        random_view_spec,
+    ),
+    "projection": World(
+        "projection",
+        0.12,
+        tuple(PROJECTION_DECOY_TAGS),
+        PROJECTION_DECOY_TAGS,
+        0.3,
+        PROJECTION_WRIST_TAGS,
+        PROJECTION_FRACTURE_KINDS,
+        0.3,
+        (0.08, 0.15),
+        (0.08, 0.15),
+        _projection_spec,
+    ),
+}
+
+
+def renderer_of(seed: int, index: int, renderer: str) -> str:
+    """The renderer of study `index`: `renderer` itself, or for "mixed" an even draw of its own
+    (separate from the study's stream, so a study's content does not depend on the mix)."""
+    if renderer not in RENDERERS:
+        raise ValueError(f"unknown renderer {renderer!r}; expected one of {', '.join(RENDERERS)}")
+    if renderer != "mixed":
+        return renderer
+    coin = np.random.default_rng(np.random.SeedSequence([seed, index, 9090])).random()
+    return "phantom" if coin < 0.5 else "projection"
+
 
 SYNTAX_WEIGHTS = {"explicit_le": 0.5, "implicit_le": 0.1} | {
     name: 0.4 / (len(TRANSFER_SYNTAXES) - 2)
@@ -90,7 +191,7 @@ LAST_NAMES = ("GARCIA", "MUÑOZ", "PUIG", "MARTÍNEZ", "DUBOIS", "MÜLLER", "SIL
 class InstancePlan:
     """One instance: its rendering spec and how it is stored."""
 
-    spec: ViewSpec
+    spec: ViewSpec | projection_spec.ProjectionSpec
     sop_instance_uid: str
     series_instance_uid: str
     series_number: int
@@ -122,14 +223,14 @@ class StudyPlan:
     study_description: str
     conformant: bool
     mistagged: bool
-    """A non-wrist study whose Body Part Examined names an arm."""
-    """False when Body Part Examined holds free text that is not a valid Code String."""
+    """A non-wrist study whose Body Part Examined names an arm or a wrist."""
     label: int
     laterality: str
     manufacturer: str
     instances: tuple[InstancePlan, ...]
     has_labels: bool
     has_images: bool
+    renderer: str = "phantom"
 
 
 def as_code_string(text: str) -> str:
@@ -158,8 +259,12 @@ def plan_study(
     size: str,
     n_patients: int,
     syntaxes: tuple[str, ...] = (),
+    renderer: str = "phantom",
 ) -> StudyPlan:
-    """The plan of study `index` of the archive generated with `seed` (pure and deterministic)."""
+    """The plan of study `index` of the archive generated with `seed` (pure and deterministic).
+
+    `renderer` is "phantom" (today's archives, unchanged), "projection" or "mixed"."""
+    world = WORLDS[renderer_of(seed, index, renderer)]
     rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
     # Some patients have two studies (a fracture and its follow-up): the split must be by patient.
     patient = int(rng.integers(0, n_patients))
@@ -170,16 +275,20 @@ def plan_study(
     study_date = date(2016, 1, 1) + timedelta(days=int(rng.integers(0, 365 * 4)))
 
     body_part = "wrist"
-    if rng.random() < NON_WRIST_SHARE:
-        body_part = str(rng.choice(["chest", "pelvis", "skull"]))
+    if rng.random() < world.non_wrist_share:
+        body_part = str(rng.choice(list(world.decoys)))
+    wrist_tagged = False
     if body_part == "wrist":
-        typed = _choice(rng, WRIST_TAGS)
+        typed = _choice(rng, world.wrist_tags)
         description = (
             str(rng.choice(WRIST_DESCRIPTIONS)) if typed == "" or rng.random() < 0.5 else ""
         )
     else:
+        if world.wrist_tagged_decoy_share > 0:
+            wrist_tagged = bool(rng.random() < world.wrist_tagged_decoy_share)
         wrong = rng.random() < MISTAGGED_NON_WRIST_SHARE
-        typed = str(rng.choice(WRONG_TAGS if wrong else NON_WRIST_TAGS[body_part]))
+        tags = WRONG_TAGS if wrong else world.decoy_tags[body_part]
+        typed = _choice(rng, WRIST_TAGS[:-1]) if wrist_tagged else str(rng.choice(tags))
         description = ""
     tag = as_code_string(typed)
     if tag != typed:
@@ -194,16 +303,18 @@ def plan_study(
     if body_part != "wrist":
         n_views = 1 + int(rng.random() < 0.3)
     visible = _visible_views(rng, n_views) if label else [False] * n_views
-    fracture = Fracture(kind=_choice(rng, FRACTURE_KINDS), subtle=bool(rng.random() < 0.2))
-    implant = bool(rng.random() < (0.25 if label else 0.03))
-    cast = bool(rng.random() < (0.2 if label else 0.04))
+    fracture = Fracture(
+        kind=_choice(rng, world.fracture_kinds), subtle=bool(rng.random() < world.subtle_share)
+    )
+    implant = bool(rng.random() < world.implant_share[label])
+    cast = bool(rng.random() < world.cast_share[label])
     study_uid = _uid(seed, "study", index)
     series_uid = _uid(seed, "series", index)
 
     instances = []
     for number in range(n_views):
         view = "PA" if number % 2 == 0 else "LAT"
-        spec = random_view_spec(
+        spec = world.sample_spec(
             rng,
             body_part=body_part,
             view=view,
@@ -243,13 +354,14 @@ def plan_study(
         body_part_tag=tag,
         study_description=description,
         conformant=tag == as_code_string(tag),
-        mistagged=body_part != "wrist" and typed in WRONG_TAGS,
+        mistagged=body_part != "wrist" and (typed in WRONG_TAGS or wrist_tagged),
         label=label,
         laterality=laterality,
         manufacturer=str(rng.choice(MANUFACTURERS)),
         instances=tuple(instances),
         has_labels=has_labels,
         has_images=has_images,
+        renderer=world.name,
     )
 
 
@@ -265,7 +377,7 @@ def _instance_plan(
     seed: int,
     index: int,
     number: int,
-    spec: ViewSpec,
+    spec: ViewSpec | projection_spec.ProjectionSpec,
     series_uid: str,
     *,
     last: bool,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import math
-
 import numpy as np
 import pytest
 
 from pipeline.dicomio import read_radiograph
 from pipeline.preprocess.study import PreprocessedInstance, PreprocessParams, preprocess_radiograph
+from train.evaluation.preprocessing_checks import PreprocessingReport, markdown_table, score
 from train.phantoms.archive import generate_archive, read_truth
 
 Row = dict[str, str]
@@ -28,70 +26,48 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Results:
     return out
 
 
+@pytest.fixture(scope="module")
+def report(results: Results) -> PreprocessingReport:
+    return score(results)
+
+
 def _wrists(
     results: Results,
 ) -> Results:
     return [(r, p) for r, p in results if r["body_part"] == "wrist" and p.wrist.is_wrist]
 
 
-def test_wrist_filter_agrees_with_the_truth(
-    results: Results,
-) -> None:
-    agree = [p.wrist.is_wrist == (r["body_part"] == "wrist") for r, p in results]
-    assert np.mean(agree) >= 0.99
+def test_wrist_filter_agrees_with_the_truth(report: PreprocessingReport) -> None:
+    scope = report.checks["scope"].overall
+    assert scope.value is not None and scope.value >= 0.99
 
 
-def test_inversion_is_decided_right(results: Results) -> None:
-    wrists = _wrists(results)
-    right = [
-        p.inversion is not None and p.inversion.inverted == (r["photometric"] == "inverted")
-        for r, p in wrists
-    ]
-    assert len(wrists) > 250 and np.mean(right) >= 0.98
+def test_inversion_is_decided_right(report: PreprocessingReport) -> None:
+    inversion = report.checks["inversion"].overall
+    assert inversion.n > 250 and inversion.value is not None and inversion.value >= 0.98
 
 
-def test_number_of_parts_is_right(results: Results) -> None:
-    wrists = _wrists(results)
-    right = [len(p.views) == int(r["parts"]) for r, p in wrists]
-    assert np.mean(right) >= 0.95
-    assert sum(int(r["parts"]) == 2 for r, _ in wrists) >= 5  # the two-part case is exercised
+def test_number_of_parts_is_right(report: PreprocessingReport) -> None:
+    parts = report.checks["parts"]
+    assert parts.overall.value is not None and parts.overall.value >= 0.95
+    assert parts.groups["truth parts"]["2"].n >= 5  # the two-part case is exercised
 
 
-def _finger_direction(angle_deg: float, fingers_down: bool) -> np.ndarray:
-    a = math.radians(angle_deg)
-    direction = np.array([-math.sin(a), -math.cos(a)])
-    return -direction if fingers_down else direction
+def test_views_are_upright_with_fingers_at_the_top(report: PreprocessingReport) -> None:
+    orientation = report.checks["orientation"].overall
+    assert orientation.n > 250
+    assert orientation.value is not None and orientation.value >= 0.95
 
 
-def test_views_are_upright_with_fingers_at_the_top(
-    results: Results,
-) -> None:
-    errors = []
-    for row, instance in _wrists(results):
-        if len(instance.views) != int(row["parts"]):
-            continue
-        truth_boxes = json.loads(row["part_boxes"])
-        for view in instance.views:
-            # The view's centre lies in exactly one truth part: compare with that part's axis.
-            cx, cy = view.to_source(np.array([[170.0, 255.5]]))[0]
-            matches = [
-                i
-                for i, (x0, y0, x1, y1) in enumerate(truth_boxes)
-                if x0 <= cx < x1 and y0 <= cy < y1
-            ]
-            if len(matches) != 1:
-                errors.append(180.0)
-                continue
-            angle = float(row["arm_angle_deg"])
-            if len(truth_boxes) == 2 and matches[0] == 1:
-                continue  # the renderer reports the first part's angle only
-            up = view.transform.matrix[:2, :2] @ np.array([0.0, -1.0])
-            truth = _finger_direction(angle, row["fingers_down"] == "1")
-            cos = float(np.dot(up, truth) / np.linalg.norm(up))
-            errors.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
-    errors_arr = np.array(errors)
-    assert len(errors_arr) > 250
-    assert (errors_arr <= 10).mean() >= 0.95
+def test_the_report_has_every_check_by_category(report: PreprocessingReport) -> None:
+    groups = {name: set(check.groups) for name, check in report.checks.items()}
+    assert groups["scope"] >= {"body part", "wrist tag", "decoy tag"}
+    assert groups["inversion"] >= {"photometric", "frame"}
+    assert groups["orientation"] >= {"angle", "fingers"}
+    assert groups["parts"] >= {"truth parts"}
+    assert set(report.checks["scope"].groups["body part"]) >= {"wrist", "chest"}
+    table = markdown_table({"phantom": report})
+    assert "| scope · body part = wrist | " in table and table.count("\n") > 15
 
 
 def test_views_have_the_model_input_geometry(

@@ -1,0 +1,250 @@
+"""Bench: every bundle in every synthetic world, at its own thresholds, in one table.
+
+    .venv/bin/python bench/cross_world.py --bundle demo=config/models/wrist-demo[:phantom] \\
+        [--bundle NAME=PATH[:TRAINWORLD] ...] --world phantom --world projection --world mixed \\
+        --studies 200 --seed 7001 --work var/cross-world [--workers 2] [--json OUT]
+
+For each test world (a renderer of `generate_archive`): a synthetic archive of `--studies`
+studies (explicit VR little endian only), prepared by the project's own `prepare` with each
+bundle's preprocessing parameters (bundles carry them), then every bundle evaluated on all of
+it (`train.evaluate.evaluate`, split "all") at the operating points the bundle recorded in its
+training world: nothing is refitted on the test world, and a report that used other thresholds
+is refused (`train.evaluation.cross_world`). TRAINWORLD labels the bundle's row (default
+"phantom", where every bundle so far was trained). Independently of the models, every
+non-corrupt instance of each archive is preprocessed with the bundles' parameters and scored
+against its `truth.csv` (`train.evaluation.preprocessing_checks`).
+
+Prints the bundles-by-worlds table (study AUC with its bootstrap 95% interval, sensitivity/
+specificity at "possible" and "likely", ECE of the study probabilities over 10 bins), then the
+preprocessing checks by world. `--json` writes all of it, machine-readable.
+
+Work is kept under `--work` (`WORLD-STUDIES-sSEED/archive`, `.../dataset-PARAMS`,
+`.../checks-PARAMS.json`): a second run reuses the archives, the prepared datasets (prepare is
+resumable) and the preprocessing checks, and only evaluates the bundles again. Delete a world's
+folder after its renderer changed: an archive is known by world, size and seed alone.
+
+Time on this project's shared 2-core machine, one phantom world of 200 studies (374 images),
+2 workers: generating 25 s, preparing 63 s, the preprocessing checks 61 s, evaluating the demo
+bundle (an ensemble with test-time flip, ~85 ms per view on an idle core, slower under load)
+130 s: about 5 minutes, and about 2 on a second run, which only evaluates again. Three worlds
+take about three times as long (the projection renderer writes its archives about as fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import inspect
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.preprocess.params_io import params_from_dict, params_to_dict
+from pipeline.preprocess.study import PreprocessParams
+from train.dataset.prepare import prepare
+from train.evaluate import evaluate
+from train.evaluation.cross_world import cross_world_entry, markdown_cross_world
+from train.evaluation.preprocessing_checks import (
+    InstanceOutcome,
+    PreprocessingReport,
+    ViewOrientation,
+    archive_outcomes,
+    markdown_table,
+    summarise,
+)
+from train.phantoms.archive import generate_archive
+
+DEFAULT_TRAINING_WORLD = "phantom"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle to test: its label, folder, training world and recorded model.json."""
+
+    name: str
+    path: Path
+    training_world: str
+    info: dict[str, Any]
+
+    @property
+    def params(self) -> PreprocessParams:
+        return params_from_dict(self.info["preprocess"])
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (trained: {self.training_world})"
+
+
+def parse_bundle(text: str) -> Bundle:
+    """NAME=PATH[:TRAINWORLD]; the folder must hold a model.json."""
+    name, sep, rest = text.partition("=")
+    if not (sep and name and rest):
+        raise argparse.ArgumentTypeError(f"--bundle {text!r} is not NAME=PATH[:TRAINWORLD]")
+    path, colon, world = rest.rpartition(":")
+    if not colon or "/" in world or not path:
+        path, world = rest, DEFAULT_TRAINING_WORLD
+    try:
+        info = json.loads((Path(path) / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"--bundle {text!r}: no readable model.json") from exc
+    return Bundle(name, Path(path), world, info)
+
+
+def params_key(params: PreprocessParams) -> str:
+    """A short digest naming a set of preprocessing parameters in the work folder."""
+    text = json.dumps(params_to_dict(params), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def has_renderers() -> bool:
+    """Whether this checkout's `generate_archive` takes a renderer (only 'phantom' before)."""
+    return "renderer" in inspect.signature(generate_archive).parameters
+
+
+def check_worlds(worlds: list[str]) -> None:
+    """Refuse worlds this checkout's `generate_archive` cannot render, before any work."""
+    if not has_renderers() and set(worlds) - {"phantom"}:
+        raise SystemExit(
+            "cross_world: this checkout's generate_archive has no renderer parameter, so only "
+            f"--world phantom is possible (asked for {', '.join(worlds)})"
+        )
+
+
+def make_archive(folder: Path, world: str, args: argparse.Namespace) -> Path:
+    """The world's archive, generated unless a complete one (truth.csv, written last) exists."""
+    archive = folder / "archive"
+    if (archive / "truth.csv").exists():
+        return archive
+    options: dict[str, Any] = {"renderer": world} if has_renderers() else {}
+    with tqdm(total=args.studies, unit="study", desc=f"{world}: generate") as bar:
+        generate_archive(archive, studies=args.studies, seed=args.seed, syntaxes=("explicit_le",),
+                         workers=args.workers, progress=bar.update, **options)  # fmt: skip
+    return archive
+
+
+def make_dataset(folder: Path, archive: Path, params: PreprocessParams, work: Path,
+                 workers: int, world: str) -> Path:  # fmt: skip
+    """The archive prepared with `params` (resumes: prepared studies are not redone)."""
+    dataset = folder / f"dataset-{params_key(params)}"
+    with tqdm(unit="study", desc=f"{world}: prepare") as bar:
+        prepare(archive, archive / "labels.csv", dataset, workers=workers, params=params,
+                key_file=work / "pseudonym.key", progress=bar.update,
+                on_total=lambda total: setattr(bar, "total", total))  # fmt: skip
+    return dataset
+
+
+def preprocessing_report(
+    folder: Path, archive: Path, params: PreprocessParams, workers: int, world: str
+) -> PreprocessingReport:
+    """The preprocessing checks of the archive, from `checks-PARAMS.json` when done before."""
+    cache = folder / f"checks-{params_key(params)}.json"
+    if cache.exists():
+        outcomes = [_outcome(item) for item in json.loads(cache.read_text(encoding="utf-8"))]
+        return summarise(outcomes)
+    with (archive / "truth.csv").open(newline="", encoding="utf-8") as handle:
+        total = sum(1 for row in csv.DictReader(handle) if not row["corrupt"])
+    with tqdm(total=total, unit="image", desc=f"{world}: preprocessing checks") as bar:
+        outcomes = archive_outcomes(archive, params, workers=workers, progress=bar.update)
+    cache.write_text(json.dumps([asdict(o) for o in outcomes]), encoding="utf-8")
+    return summarise(outcomes)
+
+
+def _outcome(item: dict[str, Any]) -> InstanceOutcome:
+    views = tuple(ViewOrientation(**v) for v in item["views"])
+    return InstanceOutcome(**{**item, "views": views})
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every step; returns what `--json` writes."""
+    bundles: list[Bundle] = args.bundle
+    check_worlds(args.world)
+    args.work.mkdir(parents=True, exist_ok=True)
+    param_sets = {params_key(b.params): b.params for b in bundles}
+    worlds: dict[str, Any] = {}
+    datasets: dict[tuple[str, str], Path] = {}
+    for world in args.world:
+        started = time.perf_counter()
+        folder = args.work / f"{world}-{args.studies}-s{args.seed}"
+        archive = make_archive(folder, world, args)
+        checks = {}
+        for key, params in param_sets.items():
+            datasets[world, key] = make_dataset(folder, archive, params, args.work, args.workers,
+                                                world)  # fmt: skip
+            checks[key] = preprocessing_report(folder, archive, params, args.workers, world)
+        worlds[world] = {"archive": str(archive), "checks": checks,
+                         "seconds": time.perf_counter() - started}  # fmt: skip
+    results: dict[str, dict[str, Any]] = {b.name: {} for b in bundles}
+    pairs = [(b, w) for b in bundles for w in args.world]
+    for bundle, world in tqdm(pairs, unit="evaluation", desc="evaluate bundles"):
+        dataset = datasets[world, params_key(bundle.params)]
+        report = evaluate(bundle.path, dataset, split="all", n_boot=args.bootstrap)
+        results[bundle.name][world] = {**cross_world_entry(report, bundle.info["thresholds"]),
+                                       "aggregation": report["selected"],
+                                       "dataset": str(dataset)}  # fmt: skip
+    return {"studies": args.studies, "seed": args.seed, "worlds": worlds, "bundles": {
+        b.name: {"path": str(b.path), "training_world": b.training_world,
+                 "model": f"{b.info['name']} {b.info['version']}",
+                 "preprocess": params_key(b.params), "results": results[b.name]}
+        for b in bundles}}  # fmt: skip
+
+
+def print_tables(result: dict[str, Any], bundles: list[Bundle], worlds: list[str]) -> None:
+    """The bundles-by-worlds table, then the preprocessing checks by world."""
+    rows = {b.label: result["bundles"][b.name]["results"] for b in bundles}
+    print(f"\n{result['studies']} studies per world, seed {result['seed']}; study level at each "
+          "bundle's own thresholds (sensitivity/specificity), ECE over 10 bins\n")  # fmt: skip
+    print(markdown_cross_world(rows, worlds, "bundle / tested on"))
+    keys = list(dict.fromkeys(params_key(b.params) for b in bundles))
+    columns: dict[str, PreprocessingReport] = {}
+    for key in keys:
+        users = ", ".join(b.name for b in bundles if params_key(b.params) == key)
+        for world in worlds:
+            label = world if len(keys) == 1 else f"{world} ({users})"
+            columns[label] = result["worlds"][world]["checks"][key]
+    print("\npreprocessing against truth.csv (rate [Wilson 95% CI] hits/n)\n")
+    print(markdown_table(columns))
+
+
+def as_json(result: dict[str, Any]) -> dict[str, Any]:
+    """`run`'s result with the preprocessing reports as plain JSON."""
+    worlds = {
+        world: {**value, "checks": {k: r.to_json() for k, r in value["checks"].items()}}
+        for world, value in result["worlds"].items()
+    }
+    return {**result, "worlds": worlds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=parse_bundle, action="append", required=True,
+                        metavar="NAME=PATH[:TRAINWORLD]")  # fmt: skip
+    parser.add_argument("--world", action="append", required=True,
+                        choices=("phantom", "projection", "mixed"))  # fmt: skip
+    parser.add_argument("--studies", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=7001)
+    parser.add_argument("--work", type=Path, default=Path("var/cross-world"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--bootstrap", type=int, default=2000, help="AUC bootstrap resamples")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write everything as JSON")
+    args = parser.parse_args()
+    if len({b.name for b in args.bundle}) != len(args.bundle):
+        parser.error("two --bundle options share a name")
+    args.world = list(dict.fromkeys(args.world))
+    started = time.perf_counter()
+    result = run(args)
+    print_tables(result, args.bundle, args.world)
+    print(f"\ntook {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(as_json(result), indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
