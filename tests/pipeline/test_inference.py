@@ -55,6 +55,24 @@ def test_demo_bundle_records_a_held_out_test_that_meets_the_release_bar() -> Non
     assert auc_cell in (DEMO / "MODEL_CARD.md").read_text()
 
 
+def test_demo_bundle_card_states_its_figures_in_other_worlds() -> None:
+    """The card carries the cross-world table (issue 16): the world the bundle was made in and
+    the projection world it never saw, at the bundle's own thresholds, with the evidence."""
+    info = json.loads((DEMO / "model.json").read_text())
+    worlds = info["metrics"]["cross_world"]
+    assert {"phantom", "projection", "mixed"} <= set(worlds)
+    for entry in worlds.values():
+        assert entry["n"] >= 150 and entry["positives"] >= 40 and entry["dataset_hash"]
+        assert entry["possible"]["threshold"] == info["thresholds"]["possible"]
+        assert entry["likely"]["threshold"] == info["thresholds"]["likely"]
+        assert entry["ece"] is not None
+    card = (DEMO / "MODEL_CARD.md").read_text()
+    assert "## Across worlds" in card
+    projection = worlds["projection"]
+    low, high = projection["auc_ci95"]
+    assert f"AUC {projection['auc']:.2f} [{low:.2f}, {high:.2f}]" in card
+
+
 def test_wrist_study_prediction(bundle: ModelBundle, synthetic_archive: Path) -> None:
     studies = _studies(synthetic_archive)
     rows = next(r for r in studies.values() if all(x["body_part"] == "wrist" for x in r)
