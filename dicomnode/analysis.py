@@ -2,7 +2,9 @@
 
 The results are written to the results spool before the first send, so a crash or a PACS that
 is down never loses them. A study analysed again after late instances gets an SR that revises
-the earlier one (Predecessor Documents Sequence) rather than a duplicate.
+the earlier one (Predecessor Documents Sequence) rather than a duplicate; so does a study first
+found out of scope whose "not analysed" SR went out (a wrist view after the hand view, or an
+instance re-sent with a corrected Body Part Examined).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from dicomnode.index import InstanceRow
 from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
-from dicomnode.reports.sr import model_version
+from dicomnode.reports.sr import is_not_analysed_sr, model_version
 from dicomnode.spool import Spool
 from pipeline.dicomio import DicomImageError, Radiograph, read_radiograph
 from pipeline.inference import ModelBundle, StudyPrediction, ViewPrediction
@@ -111,7 +113,9 @@ def _previous_sr(
     An SR from the same inputs and model is this very analysis made before: written just before
     a crash (never sent), or sent already and the study received again. Passing over it gives the
     new SR that SR's own predecessor, hence the same deterministic UID: the same report again,
-    not a revision of one the PACS may never have had.
+    not a revision of one the PACS may never have had. A "not analysed" SR from the same inputs
+    is not this analysis: an instance came again with other content (a corrected Body Part
+    Examined), and the new SR revises the "not analysed" one.
     """
     inputs = {str(ds.SOPInstanceUID) for ds in sources}
     folder = results.path(study_uid, "1").parent
@@ -120,7 +124,8 @@ def _previous_sr(
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         if str(ds.SOPClassUID) not in SR_SOP_CLASSES:
             continue
-        if _evidence(ds) == inputs and str(ds.get("SoftwareVersions", "")) == version:
+        same = _evidence(ds) == inputs and str(ds.get("SoftwareVersions", "")) == version
+        if same and not is_not_analysed_sr(ds):
             continue
         if latest is None or int(ds.InstanceNumber) > int(latest.InstanceNumber):
             latest = ds

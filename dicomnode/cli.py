@@ -1,4 +1,9 @@
-"""The `dicomnode` command: run the node and check its configuration."""
+"""The `dicomnode` command: run the node and check its configuration.
+
+Exit status 2: the configuration or what it names cannot work (a wrong key or value, a missing
+model bundle, TLS file or storage folder, too little free space); the message says which key
+and which file. The systemd unit does not restart the node on it.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from dicomnode.config import (
     with_overrides,
 )
 from dicomnode.logs import configure_logging
+from dicomnode.preflight import Origin, StartupError, StartupReport, check_startup
 
 log = logging.getLogger("dicomnode")
 
@@ -112,9 +118,36 @@ def _config_from(args: argparse.Namespace) -> Config:
     return with_overrides(config, **changes) if changes else config
 
 
+# Keys the command line sets, by the flag that sets them (messages name where a value came from).
+_FLAGS = {"storage.path": "storage", "model.bundle": "model", "destinations": "destination"}
+
+
+def _origin(args: argparse.Namespace) -> Origin:
+    def origin(key: str) -> str:
+        for prefix, flag in _FLAGS.items():
+            if key.startswith(prefix) and getattr(args, flag):
+                return f"command line (--{flag})"
+        return str(args.config) if args.config else "embedded defaults"
+
+    return origin
+
+
+def _startup_checks(config: Config, args: argparse.Namespace, *,
+                    model_apart: bool) -> StartupReport | None:  # fmt: skip
+    """The start-up checks (dicomnode.preflight); None, the reason printed, when one fails."""
+    try:
+        return check_startup(config, _origin(args), model_apart=model_apart)
+    except StartupError as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return None
+
+
 def _check_config(config: Config, args: argparse.Namespace) -> int:
-    del args
+    report = _startup_checks(config, args, model_apart=False)
+    if report is None:
+        return 2
     print(config)
+    print("\n".join(report.lines(config)))
     return 0
 
 
@@ -137,7 +170,9 @@ def _resend(config: Config, args: argparse.Namespace) -> int:
 
 def _serve(config: Config, args: argparse.Namespace) -> int:
     """Receive, analyse and report until SIGTERM or SIGINT, then stop cleanly."""
-    del args
+    startup = _startup_checks(config, args, model_apart=True)
+    if startup is None:
+        return 2
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from dicomnode.audit import AuditLog
@@ -145,15 +180,13 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from dicomnode.scp import start_server
     from dicomnode.sd_notify import notify, watchdog_interval
     from dicomnode.spool import Spool
+    from dicomnode.supervision import AnalysisHealth
     from dicomnode.work_queue import WorkQueue
     from dicomnode.worker import WorkerPool, database
 
     configure_logging(config.logging)
-    try:
-        _check_tls_files(config)
-    except ValueError as exc:  # TlsError: names the file
-        log.error("%s", exc)
-        return 2
+    log.info("model %s %s loads and passes its self-test; %.0f MB free for storage",
+             startup.model.name, startup.model.version, startup.free_mb)  # fmt: skip
     os.umask(0o077)  # spool, index, results and audit trail: the service user's only
     root = config.storage.path
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -166,7 +199,13 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     resumed = queue.recover()
     if resumed:
         log.info("resuming %d study(ies) interrupted during analysis", resumed)
-    pool = WorkerPool(config)
+    queue.record_analysis_health(AnalysisHealth(since=time.time()))  # a start tries again
+
+    def analysis_changed(health: AnalysisHealth) -> None:
+        queue.record_analysis_health(health)  # for `dicomnode status`
+        notify(f"STATUS=analysis {health.describe()}")  # for `systemctl status`
+
+    pool = WorkerPool(config, on_change=analysis_changed)
     pool.start()
     completeness = CompletenessParams(config.completeness.grace_seconds,
                                       config.completeness.quiet_seconds)  # fmt: skip
@@ -189,7 +228,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
         expected = config.analysis.workers
         http = start_http(config.http.host, config.http.port, queue,
-                          lambda: health(pool.alive, expected, queue))  # fmt: skip
+                          lambda: health(queue, pool.alive(), expected, pool.health))  # fmt: skip
     log.info("storage in %s; %s", root, _counts(queue))
     interval = watchdog_interval()
     if interval:
@@ -208,17 +247,6 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     pool.shutdown()
     queue.close()
     return 0
-
-
-def _check_tls_files(config: Config) -> None:
-    """Load the certificates, key and CA bundle once before serving: a bad file stops the start
-    with one line naming it, rather than a failure per association or per delivery."""
-    from dicomnode.tls import client_context, server_context
-
-    if config.tls.enabled:
-        server_context(config.tls)
-    if any(d.tls for d in config.destinations):
-        client_context(config.tls)
 
 
 def _promote(queue: Any, completeness: Any, audit: Any) -> None:

@@ -46,9 +46,20 @@ def _port(value: int) -> None:
         raise ValueError("must be a TCP port between 1 and 65535")
 
 
+_HOST_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"  # RFC 1123, plus the "_" Windows names use
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(\.{_HOST_LABEL})*\.?")
+
+
 def _host(value: str) -> None:
-    if not value.strip() or any(c.isspace() for c in value):
-        raise ValueError("must be a host name or address")
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    # Digits and dots only is a mistyped address ("10.0.0.256"), not a name; a port, a scheme
+    # or a path ("pacs:104", "http://pacs") is no name either.
+    if len(value) > 253 or not _HOST_NAME.fullmatch(value) or re.fullmatch(r"[\d.]+", value):
+        raise ValueError("must be a host name or an IP address (no port, scheme or path)")
 
 
 def _positive(value: float) -> None:

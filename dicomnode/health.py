@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from dicomnode.index import STUDY_STATES
+from dicomnode.supervision import AnalysisHealth
 from dicomnode.work_queue import STAGES, WorkQueue
 
 log = logging.getLogger("dicomnode.http")
@@ -99,13 +100,24 @@ def start_http(host: str, port: int, queue: WorkQueue,
     return server
 
 
-def health(workers_alive: Callable[[], int], expected: int, queue: WorkQueue) -> dict[str, object]:
-    """The /healthz answer: ok when every worker runs and the database answers."""
+def health(queue: WorkQueue, workers_alive: int, expected: int,
+           analysis: AnalysisHealth) -> dict[str, object]:  # fmt: skip
+    """The /healthz answer: ok when every worker runs, analysis is not failing and the database
+    answers; otherwise `reason` says why."""
     try:
         queue.counts()
         database = True
     except Exception:  # a broken database is exactly what this must report
         database = False
-    alive = workers_alive()
-    return {"ok": database and alive == expected, "workers": alive, "expected_workers": expected,
-            "database": database, "time": time.time()}  # fmt: skip
+    reasons = [] if database else ["the database does not answer"]
+    if not analysis.ok:
+        reasons.append(f"analysis {analysis.describe()}")
+    elif workers_alive != expected:
+        reasons.append(f"{workers_alive} of {expected} analysis workers running")
+    answer: dict[str, object] = {
+        "ok": not reasons, "workers": workers_alive, "expected_workers": expected,
+        "database": database, "analysis": analysis.state, "time": time.time(),
+    }  # fmt: skip
+    if reasons:
+        answer["reason"] = "; ".join(reasons)
+    return answer

@@ -2,7 +2,10 @@
 
 A study's state belongs to the analysis side; receiving only opens a study ('receiving'), flags
 needs_revision=1 when an instance arrives after analysis began, and reopens ('receiving') one
-whose results went out ('done', 'failed'). Our own results (``ours``) never touch their study.
+that had ended (`REOPENED_BY_ARRIVAL`: 'done', 'failed', 'out_of_scope'), so that it is analysed
+again and its report revised. An instance received again (same SOP Instance UID, the latest copy
+replaces the file) is an arrival like any other. Our own results (``ours``) never touch their
+study.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 STUDY_STATES = ("receiving", "complete", "analysing", "sending", "done", "failed", "out_of_scope")
+REOPENED_BY_ARRIVAL = ("done", "failed", "out_of_scope")
+"""The ended states an arriving instance reopens: results (or the verdict that there were none to
+make) cover the study as it was, not with this instance (a wrist view after the hand view, or the
+same instance re-sent with a corrected Body Part Examined)."""
 SCHEMA_VERSION = 1
-_REOPEN = "'done', 'failed'"
+_REOPEN = ", ".join(f"'{state}'" for state in REOPENED_BY_ARRIVAL)
 _STALE = f"'complete', 'analysing', 'sending', {_REOPEN}"
 
 _SCHEMA = """
@@ -149,7 +156,7 @@ class Index:
             db.execute(
                 f"UPDATE studies SET needs_revision = needs_revision OR state IN ({_STALE}),"
                 f" state_changed_at = IIF(state IN ({_REOPEN}), ?, state_changed_at),"
-                f" reason = IIF(state IN ({_REOPEN}), 'instance received after results', reason),"
+                f" reason = IIF(state IN ({_REOPEN}), 'instance received after ' || state, reason),"
                 f" state = IIF(state IN ({_REOPEN}), 'receiving', state),"
                 " last_received = MAX(last_received, ?), released_at = NULL,"
                 " n_instances = (SELECT COUNT(*) FROM instances WHERE study_uid = ? AND ours = 0)"

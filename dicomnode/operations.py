@@ -13,7 +13,8 @@ WAITING = ("receiving", "complete", "analysing", "sending")
 
 
 def status(config: Config, *, now: float | None = None, recent: int = 10) -> dict[str, Any]:
-    """Counts per state, the oldest waiting study, recent failures, per-destination backlog."""
+    """Counts per state, the oldest waiting study, recent failures, per-destination backlog,
+    and the analysis workers' health as the service last recorded it."""
     at = time.time() if now is None else now
     queue = WorkQueue(database(config))
     try:
@@ -22,7 +23,11 @@ def status(config: Config, *, now: float | None = None, recent: int = 10) -> dic
         oldest = min(waiting, key=lambda s: s.first_received, default=None)
         failed = sorted(queue.studies_in_state("failed"), key=lambda s: s.state_changed_at,
                         reverse=True)[:recent]  # fmt: skip
+        analysis = queue.analysis_health()
         return {
+            "analysis": {"state": analysis.state, "reason": analysis.reason,
+                         "failures": analysis.failures, "since": _when(analysis.since),
+                         "summary": analysis.describe()},
             "counts": counts,
             "oldest_waiting": None if oldest is None else {
                 "study_instance_uid": oldest.study_uid, "state": oldest.state,
@@ -30,7 +35,7 @@ def status(config: Config, *, now: float | None = None, recent: int = 10) -> dic
             },
             "recent_failures": [
                 {"study_instance_uid": s.study_uid, "reason": s.reason,
-                 "at": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(s.state_changed_at))}
+                 "at": _when(s.state_changed_at)}
                 for s in failed
             ],
             "backlog": queue.backlog(),
@@ -40,10 +45,17 @@ def status(config: Config, *, now: float | None = None, recent: int = 10) -> dic
         queue.close()
 
 
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
+
+
 def format_status(report: dict[str, Any]) -> str:
     """The human-readable `dicomnode status`."""
     counts = report["counts"]
-    lines = ["studies: " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "instances")
+    analysis = report["analysis"]
+    since = "" if analysis["state"] == "running" else f" (since {analysis['since']})"
+    lines = [f"analysis: {analysis['summary']}{since}",
+             "studies: " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "instances")
              + f"; instances {counts.get('instances', 0)}"]  # fmt: skip
     oldest = report["oldest_waiting"]
     lines.append("oldest waiting: " + ("none" if oldest is None else

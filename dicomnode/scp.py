@@ -2,7 +2,8 @@
 
 Handlers are thin and never raise: they log one line (study UID, never patient data) and
 return a named status from `dicomnode.dimse_status`. Success means the instance is fsync'd in
-the spool and indexed.
+the spool and indexed. Each association ends with one INFO line that sums it up (see
+`dicomnode.association_log`), however many SOP classes the caller proposed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomnode import dimse_status
 from dicomnode.access import admit, too_many
+from dicomnode.association_log import AssociationLog, AssociationTally, listed, refused_contexts
 from dicomnode.audit import AuditLog
 from dicomnode.config import Config
 from dicomnode.connections import handle_conn_close, handle_plain_open, handle_tls_open, is_tls
@@ -79,13 +81,14 @@ def start_server(
     """
     index.close_open_associations(time.time())  # left open by a crash: nobody sends on them
     audit = audit or AuditLog(config.audit_path)
+    associations = AssociationLog()
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, handle_requested, [config, audit]),
-        (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [spool, index]),
-        (evt.EVT_ACCEPTED, handle_accepted, [index, audit]),
-        (evt.EVT_RELEASED, handle_closed, [index]),
-        (evt.EVT_ABORTED, handle_closed, [index]),
+        (evt.EVT_C_ECHO, handle_echo, [associations]),
+        (evt.EVT_C_STORE, handle_store, [spool, index, associations]),
+        (evt.EVT_ACCEPTED, handle_accepted, [index, audit, associations]),
+        (evt.EVT_RELEASED, handle_closed, [index, associations]),
+        (evt.EVT_ABORTED, handle_closed, [index, associations]),
     ]
     address = (config.node.host, config.node.port)
     ssl_context = None
@@ -112,10 +115,20 @@ def start_server(
     return server  # type: ignore[return-value]
 
 
-def handle_echo(event: Event) -> int:
-    """C-ECHO: always Success."""
-    log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
+def handle_echo(event: Event, associations: AssociationLog | None = None) -> int:
+    """C-ECHO: always Success (counted in the association's summary)."""
+    tally = _tally(event, associations)
+    if tally is not None:
+        tally.echoes += 1
+    log.debug("C-ECHO from %s", event.assoc.requestor.ae_title)
     return dimse_status.SUCCESS
+
+
+def _tally(event: Event, associations: AssociationLog | None) -> AssociationTally | None:
+    try:
+        return associations.get(event.assoc) if associations is not None else None
+    except Exception:  # a handler never raises: without a tally it logs as it would anyway
+        return None
 
 
 def handle_requested(event: Event, config: Config, audit: AuditLog) -> None:
@@ -155,65 +168,56 @@ def handle_requested(event: Event, config: Config, audit: AuditLog) -> None:
         assoc.abort()
 
 
-def handle_accepted(event: Event, index: Index, audit: AuditLog) -> None:
-    """Name the association uniquely and record it."""
+def handle_accepted(
+    event: Event, index: Index, audit: AuditLog, associations: AssociationLog | None = None
+) -> None:
+    """Name the association uniquely, record it and start its tally."""
     try:
         assoc = event.assoc
         # pynetdicom names acceptor threads by the second; the index needs a unique id.
         assoc.name = f"assoc-{uuid.uuid4().hex[:16]}"
-        index.association_opened(
-            assoc.name, assoc.requestor.ae_title, assoc.requestor.address, time.time()
-        )
-        log.info(
-            "association %s from %s at %s accepted",
-            assoc.name,
-            assoc.requestor.ae_title,
-            assoc.requestor.address,
-        )
+        calling, address = assoc.requestor.ae_title, assoc.requestor.address
+        refused, classes = refused_contexts(assoc)
+        if associations is not None:
+            proposed = len(assoc.accepted_contexts) + len(assoc.rejected_contexts)
+            tally = AssociationTally(assoc.name, calling.strip(), address, proposed=proposed,
+                                     refused=refused)  # fmt: skip
+            associations.open(assoc, tally)
+        index.association_opened(assoc.name, calling, address, time.time())
+        # The summary at release says how many contexts were refused and why; which ones only
+        # here, at DEBUG, in one bounded line.
+        log.debug("association %s from %s at %s accepted%s", assoc.name, calling, address,
+                  f"; refused: {listed(classes)}" if classes else "")  # fmt: skip
         audit.record(
             "association-accepted",
             association=assoc.name,
-            calling_aet=assoc.requestor.ae_title.strip(),
+            calling_aet=calling.strip(),
             called_aet=assoc.acceptor.ae_title.strip(),
-            address=assoc.requestor.address,
+            address=address,
             tls=is_tls(assoc),
         )
-        _log_refused_contexts(assoc)
     except Exception as exc:
         log.error("recording an accepted association failed: %s", type(exc).__name__)
 
 
-_CONTEXT_REFUSALS = {
-    0x01: "refused by the node",
-    0x02: "no reason given",
-    0x03: "SOP class not served",
-    0x04: "none of its transfer syntaxes readable",
-}
-
-
-def _log_refused_contexts(assoc: Any) -> None:
-    """One line per refused SOP class, so a sender's "no presentation context" is explained."""
-    refused: dict[str, str] = {}
-    for context in assoc.rejected_contexts:
-        syntax = context.abstract_syntax
-        name = getattr(syntax, "name", "") or str(syntax)
-        refused.setdefault(name, _CONTEXT_REFUSALS.get(context.result, f"result {context.result}"))
-    for name, reason in refused.items():
-        log.warning("association %s from %s: %s refused: %s", assoc.name,
-                    assoc.requestor.ae_title, name, reason)  # fmt: skip
-
-
-def handle_closed(event: Event, index: Index) -> None:
-    """Record a released or aborted association: its studies start their grace period."""
+def handle_closed(event: Event, index: Index, associations: AssociationLog | None = None) -> None:
+    """Record a released or aborted association (its studies start their grace period) and
+    log its one summary line."""
     try:
         released = event.event is evt.EVT_RELEASED
+        tally = associations.close(event.assoc) if associations is not None else None
         index.association_closed(event.assoc.name, time.time(), released=released)
-        log.info("association %s %s", event.assoc.name, "released" if released else "aborted")
+        if tally is not None:
+            log.info("%s", tally.summary(released=released))
+        else:
+            log.info("association %s %s", event.assoc.name, "released" if released else "aborted")
     except Exception as exc:
         log.error("recording a closed association failed: %s", type(exc).__name__)
 
 
-def handle_store(event: Event, spool: Spool, index: Index) -> int:
+def handle_store(
+    event: Event, spool: Spool, index: Index, associations: AssociationLog | None = None
+) -> int:
     """C-STORE: write the instance as received to the spool, index it, then answer Success.
 
     First the header is checked, cheaply and without decoding pixels: parseable and whole
@@ -221,7 +225,24 @@ def handle_store(event: Event, spool: Spool, index: Index) -> int:
     description that can be true (`checked_pixels`), a SOP Instance UID no other study holds
     (`known_elsewhere`). Never raises; every failure is one log line and a named status (see
     `dimse_status`); the log quotes validated UIDs only, never a raw value or patient data.
+    With `associations`, the outcome counts in the association's summary and its problem lines
+    are bounded (see `dicomnode.association_log`).
     """
+    tally = _tally(event, associations)
+    status, study_uid = _store(event, spool, index, tally)
+    if tally is not None:
+        tally.record_store(status, study_uid)
+    return status
+
+
+def _store(
+    event: Event, spool: Spool, index: Index, tally: AssociationTally | None
+) -> tuple[int, str]:
+    """`handle_store`'s work: the status and the study UID (as safe to log)."""
+
+    def level(wanted: int) -> int:
+        return tally.problem_level(wanted) if tally is not None else wanted
+
     study_uid = "unknown"
     try:
         header = read_header(event)
@@ -248,23 +269,25 @@ def handle_store(event: Event, spool: Spool, index: Index) -> int:
                 ours=ours,
             )
     except Rejected as exc:
-        log.warning("C-STORE refused, study %s: %s", study_uid, exc)
-        return exc.status
+        log.log(level(logging.WARNING), "C-STORE refused, study %s: %s", study_uid, exc)
+        return exc.status, study_uid
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-        log.error("C-STORE failed, study %s: spool write: %s", study_uid, exc.strerror or exc)
-        return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE
+        log.log(level(logging.ERROR), "C-STORE failed, study %s: spool write: %s", study_uid,
+                exc.strerror or exc)  # fmt: skip
+        return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE, study_uid
     except sqlite3.OperationalError as exc:
         # The index's disk is full too: as transient as a full spool (the file is not indexed,
         # the caller sends it again later); other database errors are processing failures.
         full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-        log.error("C-STORE failed, study %s: index write: %s", study_uid, exc)
-        return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE
+        log.log(level(logging.ERROR), "C-STORE failed, study %s: index write: %s", study_uid, exc)
+        return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE, study_uid
     except Exception as exc:
         # The exception's message may quote dataset values (patient data): log its type only.
-        log.error("C-STORE failed, study %s: %s", study_uid, type(exc).__name__)
+        log.log(level(logging.ERROR), "C-STORE failed, study %s: %s", study_uid,
+                type(exc).__name__)  # fmt: skip
         log.debug("C-STORE failure detail", exc_info=True)
-        return dimse_status.PROCESSING_FAILURE
+        return dimse_status.PROCESSING_FAILURE, study_uid
     log.debug(
         "stored study %s instance %s%s%s",
         study_uid,
@@ -272,4 +295,4 @@ def handle_store(event: Event, spool: Spool, index: Index) -> int:
         " (duplicate)" if duplicate else "",
         " (our own result)" if ours else "",
     )
-    return dimse_status.SUCCESS
+    return dimse_status.SUCCESS, study_uid

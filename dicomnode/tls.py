@@ -20,7 +20,12 @@ _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 class TlsError(ValueError):
-    """A certificate, key or CA bundle that cannot be used; the message names the file."""
+    """A certificate, key or CA bundle that cannot be used; the message names the file, `key`
+    the configuration key that names it."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def server_context(tls: TlsSection) -> ssl.SSLContext:
@@ -84,7 +89,8 @@ def _load_identity(context: ssl.SSLContext, tls: TlsSection) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(
             f"TLS certificate {tls.certificate!r} with key {tls.private_key!r} cannot be "
-            f"loaded: {getattr(exc, 'strerror', None) or exc}"
+            f"loaded: {getattr(exc, 'strerror', None) or exc}",
+            "tls.certificate",
         ) from exc
 
 
@@ -94,5 +100,6 @@ def _load_ca(context: ssl.SSLContext, tls: TlsSection) -> None:
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(
             f"TLS CA bundle {tls.ca_certificates!r} cannot be loaded: "
-            f"{getattr(exc, 'strerror', None) or exc}"
+            f"{getattr(exc, 'strerror', None) or exc}",
+            "tls.ca_certificates",
         ) from exc

@@ -20,6 +20,7 @@ from pathlib import Path
 from dicomnode.completeness import CompletenessParams, is_study_complete
 from dicomnode.index import Index, StudyRow
 from dicomnode.retry import RetryPolicy, next_attempt_at
+from dicomnode.supervision import AnalysisHealth
 
 _TIMINGS = """
 CREATE TABLE IF NOT EXISTS stage_timings (study_uid TEXT NOT NULL, stage TEXT NOT NULL,
@@ -40,6 +41,13 @@ CREATE TABLE IF NOT EXISTS deliveries (study_uid TEXT NOT NULL, destination TEXT
 _LEASES = """
 CREATE TABLE IF NOT EXISTS delivery_leases (study_uid TEXT NOT NULL, destination TEXT NOT NULL,
     until REAL NOT NULL, PRIMARY KEY (study_uid, destination));
+"""
+# The analysis workers' health as the service's supervisor last saw it (one row), for
+# `dicomnode status`, which runs in another process.
+_ANALYSIS_HEALTH = """
+CREATE TABLE IF NOT EXISTS analysis_health (id INTEGER PRIMARY KEY CHECK (id = 1),
+    state TEXT NOT NULL, reason TEXT NOT NULL, failures INTEGER NOT NULL, since REAL NOT NULL,
+    retry_at REAL);
 """
 LEASE_EXTRA_MESSAGES = 3
 """Beyond one per file, the exchanges a send may wait for: connect, association, release."""
@@ -76,6 +84,7 @@ class WorkQueue(Index):
         with self._transaction() as db:
             db.execute(_DELIVERIES)
             db.execute(_LEASES)
+            db.execute(_ANALYSIS_HEALTH)
             for statement in _TIMINGS.split(";"):
                 if statement.strip():
                     db.execute(statement)
@@ -253,6 +262,21 @@ class WorkQueue(Index):
             key = (reason.split(":")[0] or "unknown")[:60]
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+    def record_analysis_health(self, health: AnalysisHealth) -> None:
+        """Keep the supervisor's view of the analysis workers (see `analysis_health`)."""
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO analysis_health VALUES (1, ?, ?, ?, ?, ?)",
+                       (health.state, health.reason, health.failures, health.since,
+                        health.retry_at))  # fmt: skip
+
+    def analysis_health(self) -> AnalysisHealth:
+        """The analysis workers' health the service last recorded ('running' if never)."""
+        rows = self._query("SELECT state, reason, failures, since, retry_at FROM analysis_health")
+        if not rows:
+            return AnalysisHealth()
+        state, reason, failures, since, retry_at = rows[0]
+        return AnalysisHealth(state, reason, int(failures), float(since), retry_at)
 
     def backlog(self) -> dict[str, int]:
         """Pending deliveries per destination."""

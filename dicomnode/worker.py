@@ -2,31 +2,41 @@
 
 Each worker is its own process with its own SQLite connection and model: a decoder that
 crashes or a slow model never blocks or kills ingest, and the supervisor in the service restarts
-a worker that died. A worker claims complete studies, analyses them, writes the results, then
-delivers due results to every destination with exponential backoff.
+a worker that stopped, with backoff, until too many stops in a row stop analysis (see
+`dicomnode.supervision`). A worker claims complete studies, analyses them, writes the results,
+then delivers due results to every destination with exponential backoff. A worker whose model
+fails (it no longer loads, or fails its self-test after an analysis failed) puts its study back
+in the queue, tells the supervisor why and stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import multiprocessing
 import os
 import random
+import signal
 import sqlite3
+import sys
 import threading
 import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from dicomnode.audit import AuditLog
 from dicomnode.config import Config, Destination
 from dicomnode.index import StudyRow
 from dicomnode.logs import configure_logging
+from dicomnode.model_check import ModelFault, load_checked, self_test
 from dicomnode.retry import RetryPolicy
 from dicomnode.sender import send_files
 from dicomnode.spool import Spool
+from dicomnode.supervision import AnalysisHealth, RestartPolicy, after_failure, after_running
 from dicomnode.work_queue import Delivery, WorkQueue
 
 if TYPE_CHECKING:  # the receiver imports this module: torch only in the worker processes
@@ -36,6 +46,8 @@ log = logging.getLogger("dicomnode.worker")
 IDLE_SECONDS = 0.25
 ORPHAN_CHECK_SECONDS = 0.1
 ORPHAN_EXIT_CODE = 70
+MODEL_FAILURE_EXIT_CODE = 78
+"""A worker whose model cannot analyse anything (EX_CONFIG); the reason goes to the supervisor."""
 DISK_FULL_PAUSE_SECONDS = 10.0
 """How long a worker waits after its disk (results or index) was full before trying again."""
 DISK_FULL_REASON = "disk full while writing results: analysed again when space returns"
@@ -70,9 +82,11 @@ def destination_key(destination: Destination) -> str:
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
-def run_worker(config: Config, stop: EventType, parent: int) -> None:
+def run_worker(config: Config, stop: EventType, parent: int,
+               report: Connection | None = None) -> None:  # fmt: skip
     """The worker loop (a process target); returns when `stop` is set or the service that
-    started it is gone (killed with -9: an orphan must not keep working on the queue)."""
+    started it is gone (killed with -9: an orphan must not keep working on the queue). Exits
+    with MODEL_FAILURE_EXIT_CODE, the reason sent on `report`, when the model fails."""
     configure_logging(config.logging)
     exit_with_parent(parent)
     queue = WorkQueue(database(config))
@@ -80,9 +94,10 @@ def run_worker(config: Config, stop: EventType, parent: int) -> None:
     # analysed while new ones are refused, and the index keeps room to record it all.
     results = Spool(config.storage.path / "results",
                     min_free_bytes=int(config.storage.min_free_mb * 1e6 / 2))  # fmt: skip
-    from pipeline.inference import ModelBundle
-
-    bundle = ModelBundle.load(config.model.bundle)
+    try:
+        bundle = load_checked(config.model.bundle)
+    except ModelFault as fault:
+        _stop_for_model(queue, report, fault)
     destinations = {destination_key(d): d for d in config.destinations}
     policy = retry_policy(config)
     log.info("worker ready with model %s %s", bundle.info.name, bundle.info.version)
@@ -100,6 +115,8 @@ def run_worker(config: Config, stop: EventType, parent: int) -> None:
                 report_out_of_scope=config.results.report_out_of_scope,
             )
             worked = deliver_due(queue, destinations, config, policy) or worked
+        except ModelFault as fault:
+            _stop_for_model(queue, report, fault)
         except Exception as exc:
             if not is_disk_full(exc):
                 raise
@@ -112,6 +129,18 @@ def run_worker(config: Config, stop: EventType, parent: int) -> None:
         if not worked:
             stop.wait(IDLE_SECONDS)
     queue.close()
+
+
+def _stop_for_model(queue: WorkQueue, report: Connection | None, fault: ModelFault) -> NoReturn:
+    """Tell the supervisor why, then end the process: restarting at once would only fail again
+    (the supervisor decides when to try, and when to stop trying)."""
+    log.error("model failure, this worker stops: %s", fault)
+    queue.close()
+    if report is not None:
+        # OSError: the supervisor is gone; the orphan watch ends this process anyway.
+        with contextlib.suppress(OSError):
+            report.send(str(fault))
+    sys.exit(MODEL_FAILURE_EXIT_CODE)
 
 
 def exit_with_parent(parent: int, interval: float = ORPHAN_CHECK_SECONDS) -> threading.Thread:
@@ -148,7 +177,7 @@ def analyse_next(
     A full disk (results or index) puts the study back in the queue, without the results this
     attempt wrote (never sent, they must not become the predecessor of the next SR), and
     raises DiskFull: the caller pauses (and, should the index refuse even that, puts the
-    study back later).
+    study back later). A failing model puts it back too, and raises ModelFault.
     """
     study = queue.claim()
     if study is None:
@@ -159,10 +188,12 @@ def analyse_next(
         _analyse_claimed(queue, study, bundle, results, destinations,
                          report_out_of_scope=report_out_of_scope)  # fmt: skip
     except Exception as exc:
-        if not is_disk_full(exc):
+        if not (is_disk_full(exc) or isinstance(exc, ModelFault)):
             raise
         for path in set(folder.glob("*.dcm")) - before:
             path.unlink(missing_ok=True)
+        if isinstance(exc, ModelFault):
+            raise  # the study is back in the queue already
         log.error("study %s: %s", study.study_uid, DISK_FULL_REASON)
         try:
             requeue(queue, study.study_uid)
@@ -201,6 +232,14 @@ def _analyse_claimed(
     except Exception as exc:  # one bad study must not stop the worker
         if is_disk_full(exc):  # transient: the study is not at fault (see analyse_next)
             raise
+        try:  # a bad study, or a model that no longer works at all?
+            self_test(bundle)
+        except ModelFault as fault:
+            log.error("study %s: analysis failed (%s) and so does the model's self-test: the "
+                      "study stays queued", study.study_uid, type(exc).__name__)  # fmt: skip
+            log.debug("analysis failure detail", exc_info=exc)
+            queue.set_state(study.study_uid, "complete", reason=f"model failure: {fault}")
+            raise fault from exc
         log.exception("study %s: analysis failed", study.study_uid)
         queue.set_state(study.study_uid, "failed", reason=f"analysis error: {type(exc).__name__}")
         return
@@ -290,41 +329,96 @@ def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Desti
 
 
 class WorkerPool:
-    """Starts the worker processes and restarts any that dies."""
+    """Starts the worker processes and restarts any that stops, as `RestartPolicy` says;
+    `health` is what /healthz reports, and `on_change` hears of every change to it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, policy: RestartPolicy | None = None,
+                 on_change: Callable[[AnalysisHealth], None] | None = None) -> None:  # fmt: skip
         self.config = config
+        self.policy = policy or RestartPolicy()
+        self.on_change = on_change
         self.context = multiprocessing.get_context("spawn")
         self.stop = self.context.Event()
-        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.health = AnalysisHealth(since=time.time())
+        self.processes: list[multiprocessing.process.BaseProcess | None] = []
+        """One per worker; None while a stopped one waits for its restart."""
+        self._reports: list[Connection | None] = []
+        self._started: list[float] = []
 
     def start(self) -> None:
         """Start `config.analysis.workers` processes."""
-        self.processes = [self._spawn() for _ in range(self.config.analysis.workers)]
+        count = self.config.analysis.workers
+        self.processes, self._reports, self._started = [None] * count, [None] * count, [0.0] * count
+        for i in range(count):
+            self._spawn(i)
 
-    def supervise(self) -> None:
-        """Replace dead workers (called by the service's timer)."""
-        for i, process in enumerate(self.processes):
-            if not process.is_alive() and not self.stop.is_set():
-                log.error("worker %s died (exit %s); restarting it", process.pid,
-                          process.exitcode)  # fmt: skip
-                self.processes[i] = self._spawn()
+    def supervise(self, now: float | None = None) -> None:
+        """Note stopped workers and start them again when due (called by the service's timer)."""
+        if self.stop.is_set():
+            return
+        at = time.time() if now is None else now
+        health = self.health
+        stopped = [self._stopped(i, p) for i, p in enumerate(self.processes)
+                   if p is not None and not p.is_alive()]  # fmt: skip
+        if stopped:  # workers stopping together count once: a broken model stops them all
+            health = after_failure(health, stopped[0], at, self.policy)
+            if health.state == "stopped":
+                log.error("analysis %s", health.describe())
+            else:
+                wait = max(0.0, (health.retry_at or at) - at)
+                log.error("analysis worker stopped: %s; restarting it %s (%d failure(s) in a "
+                          "row; analysis stops at %d)", health.reason,
+                          f"in {wait:.0f} s" if wait else "now", health.failures,
+                          self.policy.max_failures)  # fmt: skip
+        if health.state == "restarting" and (health.retry_at or at) <= at:
+            for i, process in enumerate(self.processes):
+                if process is None:
+                    self._spawn(i)
+        if health.state == "restarting" and all(p is not None for p in self.processes):
+            ran = min(at - started for started in self._started)
+            health = after_running(health, ran, at, self.policy)
+            if health.ok:
+                log.info("analysis workers running again")
+        if health != self.health:
+            self.health = health
+            if self.on_change is not None:
+                self.on_change(health)
 
     def alive(self) -> int:
         """How many workers are running."""
-        return sum(1 for p in self.processes if p.is_alive())
+        return sum(1 for p in self.processes if p is not None and p.is_alive())
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Ask the workers to finish their current study, then wait for them."""
         self.stop.set()
         for process in self.processes:
+            if process is None:
+                continue
             process.join(timeout)
             if process.is_alive():
                 process.terminate()
 
-    def _spawn(self) -> multiprocessing.process.BaseProcess:
+    def _stopped(self, i: int, process: multiprocessing.process.BaseProcess) -> str:
+        """Why worker `i` stopped: the model failure it reported, else its exit status."""
+        reason, report = "", self._reports[i]
+        if report is not None:
+            with contextlib.suppress(EOFError, OSError):  # died before (or while) saying it
+                reason = str(report.recv()) if report.poll() else ""
+            report.close()
+        self.processes[i], self._reports[i] = None, None
+        code = process.exitcode
+        if reason:
+            return reason
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
+            return f"worker {process.pid} killed by signal {name}"
+        return f"worker {process.pid} exited with status {code}"
+
+    def _spawn(self, i: int) -> None:
+        reader, writer = self.context.Pipe(duplex=False)
         process = self.context.Process(target=run_worker,
-                                       args=(self.config, self.stop, os.getpid()),
+                                       args=(self.config, self.stop, os.getpid(), writer),
                                        name="dicomnode-worker", daemon=True)  # fmt: skip
         process.start()
-        return process
+        writer.close()  # the worker holds its own end: EOF here once it is gone
+        self.processes[i], self._reports[i], self._started[i] = process, reader, time.time()

@@ -137,6 +137,19 @@ def build_not_analysed_sr(reason: str, context: ReportContext) -> Dataset:
     return _document(root, context, "sr-not-analysed", reason)
 
 
+def is_not_analysed_sr(sr: Dataset) -> bool:
+    """Whether an SR of this node is a "not analysed" report (`build_not_analysed_sr`): its root
+    holds the Qualitative Evaluations container, which an analysed study's report never does."""
+    return any(
+        item.get("ValueType") == "CONTAINER"
+        and item.ConceptNameCodeSequence[0].CodeValue == QUALITATIVE_EVALUATIONS.value
+        and item.ConceptNameCodeSequence[0].CodingSchemeDesignator
+        == QUALITATIVE_EVALUATIONS.scheme_designator
+        for item in sr.get("ContentSequence", [])
+        if "ConceptNameCodeSequence" in item
+    )
+
+
 def _algorithm(bundle: BundleInfo) -> hd.sr.AlgorithmIdentification:
     thresholds = ",".join(f"{k}:{v:.4f}" for k, v in sorted(bundle.thresholds.items()))
     return hd.sr.AlgorithmIdentification(

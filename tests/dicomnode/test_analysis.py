@@ -31,11 +31,14 @@ def _received(archive: Path, tmp_path: Path, wrist: bool) -> tuple[Index, str]:
     rows = next(r for r in studies.values() if (r[0]["body_part"] == "wrist") == wrist)
     index = Index(tmp_path / "index.sqlite")
     for row in rows:
-        index.record_instance(sop_uid=row["sop_instance_uid"], study_uid=row["study_instance_uid"],
-                              series_uid="1.2", sop_class_uid="1.2", path=archive / row["path"],
-                              calling_aet="CR", association_id="a", received_at=time.time(),
-                              ours=False)  # fmt: skip
+        _index(index, row, archive / row["path"])
     return index, rows[0]["study_instance_uid"]
+
+
+def _index(index: Index, row: dict[str, str], path: Path) -> None:
+    index.record_instance(sop_uid=row["sop_instance_uid"], study_uid=row["study_instance_uid"],
+                          series_uid="1.2", sop_class_uid="1.2", path=path, calling_aet="CR",
+                          association_id="a", received_at=time.time(), ours=False)  # fmt: skip
 
 
 def test_a_wrist_study_gives_an_sr_and_one_sc_per_image(
@@ -69,3 +72,34 @@ def test_out_of_scope_sends_nothing_unless_asked(
     report = pydicom.dcmread(told.files[0])
     texts = [str(e.value) for e in report.iterall() if e.keyword == "TextValue"]
     assert report.Modality == "SR" and any("not analysed" in t.lower() for t in texts)
+
+
+def test_a_corrected_instance_revises_the_not_analysed_report(
+    bundle: ModelBundle, synthetic_archive: Path, tmp_path: Path
+) -> None:
+    # A wrist image tagged CHEST is out of scope; re-sent under the same SOP Instance UID with
+    # its Body Part Examined corrected, it is analysed, and that SR revises the "not analysed" one
+    # (the same inputs and model, so only the kind of report tells the two analyses apart).
+    row = next(r for r in read_truth(synthetic_archive)
+               if r["body_part"] == "wrist" and not r["corrupt"])  # fmt: skip
+    uid, results = row["study_instance_uid"], Spool(tmp_path / "results")
+    index, outcomes = Index(tmp_path / "index.sqlite"), []
+    for body_part in ("CHEST", "WRIST"):
+        source = pydicom.dcmread(synthetic_archive / row["path"])
+        source.BodyPartExamined = body_part
+        source.save_as(tmp_path / f"{body_part}.dcm")
+        _index(index, row, tmp_path / f"{body_part}.dcm")
+        outcomes.append(analyse_study(uid, index.instances(uid), bundle, results,
+                                      report_out_of_scope=True))  # fmt: skip
+    refused, analysed = outcomes
+    assert not refused.in_scope and analysed.in_scope
+    not_analysed = pydicom.dcmread(refused.files[0])
+    report = next(ds for ds in map(pydicom.dcmread, analysed.files) if ds.Modality == "SR")
+    predecessor = report.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        not_analysed.SOPInstanceUID
+    )
+    assert int(report.InstanceNumber) == int(not_analysed.InstanceNumber) + 1
+    # Analysed again (a crash before sending): the same revision, not a revision of it.
+    again = analyse_study(uid, index.instances(uid), bundle, results, report_out_of_scope=True)
+    assert sorted(again.files) == sorted(analysed.files)

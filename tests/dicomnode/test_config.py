@@ -55,6 +55,14 @@ def test_a_file_overrides_and_parses_destinations(tmp_path: Path) -> None:
         ("[completeness]\ngrace_seconds = -1\n", "'completeness.grace_seconds' = -1"),
         ("[completeness]\ngrace_seconds = 60\n", "must not exceed quiet_seconds"),
         ("[node\n", "not valid TOML"),
+        (
+            '[[destinations]]\nae_title = "P"\nhost = "http://pacs"\nport = 104\n',
+            "'destinations[0].host' = 'http://pacs' must be a host name or an IP address",
+        ),
+        (
+            '[[destinations]]\nae_title = "P"\nhost = "-pacs"\nport = 104\n',
+            "'destinations[0].host' = '-pacs' must be a host name or an IP address",
+        ),
     ],
 )
 def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -82,3 +90,14 @@ def test_destination_flag_syntax(text: str) -> None:
     with pytest.raises(ConfigError):
         Destination.parse(text)
     assert Destination.parse("PACS@127.0.0.1:4242") == Destination("PACS", "127.0.0.1", 4242)
+
+
+@pytest.mark.parametrize("host", ["pacs", "pacs.example.org", "PACS_01.local", "10.0.0.5", "::1"])
+def test_destination_hosts_that_are_names_or_addresses(host: str) -> None:
+    assert Destination("PACS", host, 104).host == host
+
+
+@pytest.mark.parametrize("host", ["pacs:104", "10.0.0.256", "pacs/x", "pa cs", "a..b", ""])
+def test_destination_hosts_that_are_neither(host: str) -> None:
+    with pytest.raises(ValueError, match="must be a host name or an IP address"):
+        Destination("PACS", host, 104)

@@ -17,7 +17,7 @@ import pytest
 from dicomnode.identity import DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
 from dicomnode.reports.overlay import output_shape
-from dicomnode.reports.sr import PROBABILITY, PROBABILITY_DIGITS
+from dicomnode.reports.sr import PROBABILITY, PROBABILITY_DIGITS, is_not_analysed_sr
 from dicomnode.reports.uids import result_uid
 from pipeline.dicomio import read_radiograph
 from pipeline.inference import ModelBundle, StudyPrediction
@@ -172,6 +172,21 @@ def test_not_analysed_sr_states_the_reason(study: Study, tmp_path: Path) -> None
     assert sr.VerificationFlag == "UNVERIFIED" and sr.Manufacturer == MANUFACTURER
     out_of_scope = dataclasses.replace(study.prediction, in_scope=False, reason=reason)
     assert build_sr(out_of_scope, study.context).SOPInstanceUID == sr.SOPInstanceUID
+    assert is_not_analysed_sr(sr)
+
+
+def test_an_analysed_sr_revises_a_not_analysed_one(study: Study, tmp_path: Path) -> None:
+    # The study was out of scope, then reopened (a wrist view came, or a corrected tag).
+    earlier = _round_trip(build_not_analysed_sr("no wrist view to analyse", study.context),
+                          tmp_path / "na.dcm")  # fmt: skip
+    path = tmp_path / "sr.dcm"
+    context = dataclasses.replace(study.context, predecessor=earlier)
+    report = _round_trip(build_sr(study.prediction, context), path)
+    assert not is_not_analysed_sr(report)
+    sop = report.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert sop.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == earlier.SOPInstanceUID
+    assert report.SOPInstanceUID != build_sr(study.prediction, study.context).SOPInstanceUID
+    assert _dciodvfy_errors(path) == []
 
 
 def _sc_for(study: Study, index: int = 0, **changes: object) -> tuple[pydicom.Dataset, int]:

@@ -4,6 +4,8 @@ indexed, foreign SOP classes refused, failures answered with named statuses."""
 from __future__ import annotations
 
 import errno
+import logging
+import re
 import socket
 import subprocess
 import time
@@ -21,6 +23,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
 from dicomnode import dimse_status
+from dicomnode.association_log import MAX_PROBLEM_LINES, AssociationTally
 from dicomnode.config import Config, with_overrides
 from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.index import Index
@@ -249,3 +252,66 @@ def test_handler_statuses(
     assert handle_store(_event(ds), spool, fresh) == dimse_status.SUCCESS
     rows = fresh.instances(ds.StudyInstanceUID, include_ours=True)
     assert [r.ours for r in rows if r.sop_uid == ds.SOPInstanceUID] == [True]
+
+
+# --- the log: one summary line per association, bounded whatever the caller proposes --------
+
+
+def _summaries(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    lines = [r for r in caplog.records if r.name == "dicomnode.scp" and r.levelno >= logging.INFO]
+    return [r for r in lines if r.getMessage().startswith("association ")]
+
+
+def test_an_association_proposing_128_contexts_logs_one_summary_line(
+    node: Node, archive_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="dicomnode")
+    study_uid = str(pydicom.dcmread(archive_files[0], stop_before_pixels=True).StudyInstanceUID)
+    # dcmtk proposes 128 contexts: the storage SOP classes it knows, in two transfer syntaxes
+    result = node.storescu(archive_files[0])
+    assert result.returncode == 0, result.stdout + result.stderr
+    deadline = time.monotonic() + 10  # the release handler runs in the server's thread
+    while not _summaries(caplog) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (summary,) = _summaries(caplog)
+    assert summary.levelno == logging.INFO
+    line = summary.getMessage()
+    match = re.fullmatch(
+        r"association assoc-\w+ released after [\d.]+ s \(STORESCU at 127\.0\.0\.1\): "
+        rf"1 stored in 1 study \({re.escape(study_uid)}\), 0 failed; refused (\d+) of (\d+) "
+        r"presentation contexts \(SOP class not served: (\d+)(, .*)?\)",
+        line,
+    )
+    assert match, line
+    refused, proposed = int(match[1]), int(match[2])
+    assert refused >= 60 and proposed > refused  # storescu's ~90 contexts minus the node's
+    node_records = [r for r in caplog.records if r.name.startswith("dicomnode")]
+    assert [r for r in node_records if r.levelno >= logging.INFO] == [summary]
+    assert len(node_records) <= 5  # accepted, stored (DEBUG), the summary: no line per context
+    (accepted,) = [r for r in node_records if " accepted; refused: " in r.getMessage()]
+    assert accepted.levelno == logging.DEBUG and "; and " in accepted.getMessage()  # bounded
+
+
+def test_store_problems_are_logged_at_most_ten_times_per_association() -> None:
+    tally = AssociationTally("assoc-1", "CR1", "10.0.0.7", opened=100.0, proposed=3)
+    levels = [tally.problem_level(logging.WARNING) for _ in range(25)]
+    assert levels == [logging.WARNING] * MAX_PROBLEM_LINES + [logging.DEBUG] * 15
+    for status, study in [(dimse_status.SUCCESS, "1.2.1"), (dimse_status.SUCCESS, "1.2.1"),
+                          (dimse_status.WARNING_ELEMENTS_DISCARDED, "1.2.2"),
+                          (dimse_status.CANNOT_UNDERSTAND, "(invalid)"),
+                          (dimse_status.OUT_OF_RESOURCES, "1.2.3"),
+                          (dimse_status.CANNOT_UNDERSTAND, "1.2.3")]:  # fmt: skip
+        tally.record_store(status, study)
+    tally.refused.update({"SOP class not served": 1})
+    assert tally.summary(released=False, now=102.5) == (
+        "association assoc-1 aborted after 2.5 s (CR1 at 10.0.0.7): 3 stored in 2 studies "
+        "(1.2.1, 1.2.2), 3 failed (cannot understand: 2, out of resources: 1); refused 1 of 3 "
+        "presentation contexts (SOP class not served: 1)"
+    )
+    for i in range(7):
+        tally.record_store(dimse_status.SUCCESS, f"1.3.{i}")
+    assert "in 9 studies (1.2.1, 1.2.2, 1.3.0, 1.3.1, 1.3.2 and 4 more)" in tally.summary(
+        released=True
+    )
+    echo = AssociationTally("assoc-2", "ECHOSCU", "::1", opened=0.0, echoes=1)
+    assert echo.summary(released=True, now=0.0).endswith("(ECHOSCU at ::1): 1 C-ECHO")

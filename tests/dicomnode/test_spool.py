@@ -153,14 +153,35 @@ def test_states_and_revision_after_done(tmp_path: Path) -> None:
         index.set_state("9.9", "done")
 
 
-def test_receiving_keeps_out_of_scope(tmp_path: Path) -> None:
+@pytest.mark.parametrize("resent", [False, True], ids=["another instance", "the same re-sent"])
+def test_an_arrival_reopens_an_out_of_scope_study(tmp_path: Path, resent: bool) -> None:
+    # The wrist view after the hand view, or the hand view re-sent with a corrected Body Part
+    # Examined under its SOP Instance UID: the earlier verdict no longer covers the study.
     index = Index(tmp_path / "index.sqlite")
-    _record(index, SOP)
-    index.set_state(STUDY, "out_of_scope", reason="chest")
-    _record(index, SOP + ".2")
+    _record(index, SOP, at=100.0)
+    index.set_state(STUDY, "out_of_scope", reason="no wrist view to analyse", at=200.0)
+    assert _record(index, SOP if resent else SOP + ".2", at=300.0) is resent
     study = index.study(STUDY)
-    assert study is not None and study.state == "out_of_scope" and not study.needs_revision
+    assert study is not None and (study.state, study.needs_revision) == ("receiving", True)
+    assert (study.state_changed_at, study.last_received) == (300.0, 300.0)
+    assert study.reason == "instance received after out_of_scope"
+    assert study.n_instances == (1 if resent else 2)
     assert set(index.counts()) >= set(STUDY_STATES)
+
+
+@pytest.mark.parametrize("state", STUDY_STATES)
+def test_which_states_an_arrival_reopens(tmp_path: Path, state: str) -> None:
+    index = Index(tmp_path / "index.sqlite")
+    _record(index, SOP, at=100.0)
+    index.set_state(STUDY, state, reason="before", at=200.0)
+    _record(index, SOP + ".2", at=300.0)
+    study = index.study(STUDY)
+    assert study is not None
+    ended = state in ("done", "failed", "out_of_scope")
+    assert study.state == ("receiving" if ended else state)
+    assert study.state_changed_at == (300.0 if ended else 200.0)
+    # Analysis began on fewer instances: its results must be revised (see WorkQueue.schedule).
+    assert study.needs_revision == (state != "receiving")
 
 
 def test_our_own_results_do_not_touch_the_study(tmp_path: Path) -> None:

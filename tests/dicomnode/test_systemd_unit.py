@@ -25,6 +25,7 @@ def test_unit_runs_serve_with_state_directory_and_hardening() -> None:
     for line in (
         "StateDirectory=dicomnode",
         "Restart=on-failure",
+        "RestartPreventExitStatus=2",  # dicomnode's "cannot work as configured": fix, not retry
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "PrivateTmp=yes",

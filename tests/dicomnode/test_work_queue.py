@@ -104,6 +104,24 @@ def test_out_of_scope_report_keeps_its_state_and_reason(queue: WorkQueue) -> Non
     assert study and study.state == "out_of_scope" and study.reason == "no wrist view to analyse"
 
 
+def test_an_out_of_scope_study_is_analysed_again_after_an_arrival(
+    queue: WorkQueue, tmp_path: Path
+) -> None:
+    uid = _analysed(queue)
+    assert queue.claim(now=1000.0) is not None  # the fixture's other study, out of the way
+    queue.schedule(uid, ["PACS@h:104"], [Path("na.dcm")], now=1001.0,
+                   final_state="out_of_scope", reason="no wrist view to analyse")  # fmt: skip
+    queue.record_attempt(queue.due(1001.0)[0], sent=True, reason="", now=1001.0, policy=POLICY)
+    queue.record_instance(sop_uid=f"{uid}.2", study_uid=uid, series_uid=f"{uid}.9",
+                          sop_class_uid="1.2.840.10008.5.1.4.1.1.1", path=tmp_path / "y.dcm",
+                          calling_aet="MODALITY", association_id="b", received_at=1100.0,
+                          ours=False)  # fmt: skip
+    queue.association_closed("b", 1100.5, released=True)
+    assert queue.promote_complete(1103.0, PARAMS) == [uid]
+    claimed = queue.claim(now=1104.0)
+    assert claimed is not None and claimed.study_uid == uid and claimed.n_instances == 2
+
+
 def test_received_bytes_count_kept_instances_not_our_results(tmp_path: Path) -> None:
     queue = WorkQueue(tmp_path / "index.sqlite")
     theirs, ours = tmp_path / "theirs.dcm", tmp_path / "ours.dcm"

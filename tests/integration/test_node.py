@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 
 from dicomnode.index import Index
@@ -31,7 +32,8 @@ def _native_studies(archive: Path) -> dict[str, list[dict[str, str]]]:
     return studies
 
 
-def _start_node(tmp_path: Path, orthanc: OrthancServer) -> tuple[subprocess.Popen[str], int]:
+def _start_node(tmp_path: Path, orthanc: OrthancServer, *, report_out_of_scope: bool = False
+                ) -> tuple[subprocess.Popen[str], int]:  # fmt: skip
     port, http_port = free_ports(2)
     config = tmp_path / "node.toml"
     config.write_text(
@@ -41,7 +43,8 @@ def _start_node(tmp_path: Path, orthanc: OrthancServer) -> tuple[subprocess.Pope
         f'[model]\nbundle = "{ROOT / "config" / "models" / "wrist-demo"}"\n'
         "[sending]\ninitial_delay_seconds = 1.0\n"
         f'[[destinations]]\nae_title = "{orthanc.aet}"\nhost = "127.0.0.1"\n'
-        f"port = {orthanc.dicom_port}\n",
+        f"port = {orthanc.dicom_port}\n"
+        f"[results]\nreport_out_of_scope = {str(report_out_of_scope).lower()}\n",
         encoding="utf-8",
     )
     node = subprocess.Popen([sys.executable, "-m", "dicomnode.cli", "serve", "--config",
@@ -156,11 +159,7 @@ def test_restart_mid_study_loses_nothing_and_late_instances_revise_the_sr(
         _send(port, [synthetic_archive / r["path"] for r in second])
         assert _wait_for(lambda: done_with(len(first) + len(second)), 120)
         before = _latest_sr(orthanc)
-        evidence = {ref["ReferencedSOPInstanceUID"]
-                    for series in before["CurrentRequestedProcedureEvidenceSequence"]
-                    for s in series["ReferencedSeriesSequence"]
-                    for ref in s["ReferencedSOPSequence"]}  # fmt: skip
-        assert {r["sop_instance_uid"] for r in first + second} <= evidence  # nothing lost
+        assert {r["sop_instance_uid"] for r in first + second} <= _evidence(before)  # all kept
         _send(port, [synthetic_archive / r["path"] for r in late])
         assert _wait_for(lambda: done_with(len(rows)), 120)
         after = _latest_sr(orthanc)
@@ -171,6 +170,71 @@ def test_restart_mid_study_loses_nothing_and_late_instances_revise_the_sr(
     finally:
         node.terminate()
         node.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("case", ["wrist view after the hand view", "corrected body part"])
+def test_an_out_of_scope_study_is_reopened_analysed_and_its_report_revised(
+    tmp_path: Path, orthanc: OrthancServer, synthetic_archive: Path, case: str
+) -> None:
+    studies = _native_studies(synthetic_archive)
+    rows = next(r for r in studies.values() if r[0]["body_part"] == "wrist" and len(r) >= 2)
+    source = synthetic_archive / rows[0]["path"]
+    if case == "wrist view after the hand view":
+        # The hand view first (a wrist image tagged HAND, which the wrist filter refuses on the
+        # tag alone), the wrist views of the same study later.
+        first = _retagged(source, "HAND", tmp_path / "hand.dcm")
+        later = [synthetic_archive / r["path"] for r in rows[1:]]
+        stored_tag = "HAND"
+    else:
+        # A wrist image tagged CHEST, then the same SOP Instance UID with the tag corrected: the
+        # latest copy replaces the stored one.
+        rows = rows[:1]
+        first = _retagged(source, "CHEST", tmp_path / "chest.dcm")
+        later = [_retagged(source, "WRIST", tmp_path / "wrist.dcm")]
+        stored_tag = "WRIST"
+    uid = rows[0]["study_instance_uid"]
+    node, port = _start_node(tmp_path, orthanc, report_out_of_scope=True)
+    index = Index(tmp_path / "node" / "index.sqlite")
+
+    def ended_in(state: str, n: int) -> bool:
+        study = index.study(uid)
+        return study is not None and study.state == state and study.n_instances == n
+
+    try:
+        _send(port, [first])
+        assert _wait_for(lambda: ended_in("out_of_scope", 1), 120), index.study(uid)
+        assert _modalities(orthanc) == ["SR"]  # the "not analysed" report, nothing else
+        not_analysed = _latest_sr(orthanc)
+        assert _evidence(not_analysed) == {rows[0]["sop_instance_uid"]}
+        _send(port, later)
+        assert _wait_for(lambda: ended_in("done", len(rows)), 120), index.study(uid)
+        assert _wait_for(lambda: "OT" in _modalities(orthanc), 30)
+        report = _latest_sr(orthanc)
+        assert report["SOPInstanceUID"] != not_analysed["SOPInstanceUID"]
+        assert _evidence(report) == {r["sop_instance_uid"] for r in rows}
+        predecessor = report["PredecessorDocumentsSequence"][0]
+        referenced = predecessor["ReferencedSeriesSequence"][0]["ReferencedSOPSequence"][0]
+        assert referenced["ReferencedSOPInstanceUID"] == not_analysed["SOPInstanceUID"]
+        stored = index.instance(rows[0]["sop_instance_uid"])
+        assert stored is not None and pydicom.dcmread(stored.path).BodyPartExamined == stored_tag
+    finally:
+        node.terminate()
+        node.communicate(timeout=60)
+
+
+def _retagged(source: Path, body_part: str, out: Path) -> Path:
+    """A copy of `source` (same SOP Instance UID) whose Body Part Examined says `body_part`."""
+    dataset = pydicom.dcmread(source)
+    dataset.BodyPartExamined = body_part
+    dataset.save_as(out)
+    return out
+
+
+def _evidence(report: dict[str, Any]) -> set[str]:
+    return {ref["ReferencedSOPInstanceUID"]
+            for series in report["CurrentRequestedProcedureEvidenceSequence"]
+            for s in series["ReferencedSeriesSequence"]
+            for ref in s["ReferencedSOPSequence"]}  # fmt: skip
 
 
 def _check_health_and_metrics(config: Path) -> None:

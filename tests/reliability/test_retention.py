@@ -214,8 +214,10 @@ class _InstanceArrivesDuringPurge(WorkQueue):
         return candidates
 
 
-def test_a_study_reopened_between_listing_and_purge_is_kept(node: Node) -> None:
-    node.study("1.7.1", "done", at=NOW - 2 * AGE)
+@pytest.mark.parametrize("state", ["done", "out_of_scope"])
+def test_a_study_reopened_between_listing_and_purge_is_kept(node: Node, state: str) -> None:
+    # Out of scope too: the instance that arrived may be the wrist view the study lacked.
+    node.study("1.7.1", state, at=NOW - 2 * AGE)
     node.queue.close()
     arrived: list[str] = []
     node.queue = _InstanceArrivesDuringPurge(
