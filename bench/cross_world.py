@@ -35,11 +35,10 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import inspect
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from tqdm import tqdm
 
 from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
+from pipeline.preprocess.view_reader import ViewReaderParams
 from train.dataset.prepare import prepare
 from train.evaluate import evaluate
 from train.evaluation.cross_world import cross_world_entry, markdown_cross_world
@@ -102,29 +102,14 @@ def params_key(params: PreprocessParams) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def has_renderers() -> bool:
-    """Whether this checkout's `generate_archive` takes a renderer (only 'phantom' before)."""
-    return "renderer" in inspect.signature(generate_archive).parameters
-
-
-def check_worlds(worlds: list[str]) -> None:
-    """Refuse worlds this checkout's `generate_archive` cannot render, before any work."""
-    if not has_renderers() and set(worlds) - {"phantom"}:
-        raise SystemExit(
-            "cross_world: this checkout's generate_archive has no renderer parameter, so only "
-            f"--world phantom is possible (asked for {', '.join(worlds)})"
-        )
-
-
 def make_archive(folder: Path, world: str, args: argparse.Namespace) -> Path:
     """The world's archive, generated unless a complete one (truth.csv, written last) exists."""
     archive = folder / "archive"
     if (archive / "truth.csv").exists():
         return archive
-    options: dict[str, Any] = {"renderer": world} if has_renderers() else {}
     with tqdm(total=args.studies, unit="study", desc=f"{world}: generate") as bar:
         generate_archive(archive, studies=args.studies, seed=args.seed, syntaxes=("explicit_le",),
-                         workers=args.workers, progress=bar.update, **options)  # fmt: skip
+                         workers=args.workers, progress=bar.update, renderer=world)  # fmt: skip
     return archive
 
 
@@ -163,9 +148,12 @@ def _outcome(item: dict[str, Any]) -> InstanceOutcome:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every step; returns what `--json` writes."""
     bundles: list[Bundle] = args.bundle
-    check_worlds(args.world)
     args.work.mkdir(parents=True, exist_ok=True)
     param_sets = {params_key(b.params): b.params for b in bundles}
+    check_sets = dict(param_sets)
+    if args.view_reader:  # the same preprocessing with the learned second opinion, checks only
+        reader = ViewReaderParams(path=str(args.view_reader))
+        check_sets |= {f"{k}+reader": replace(p, view_reader=reader) for k, p in param_sets.items()}
     worlds: dict[str, Any] = {}
     datasets: dict[tuple[str, str], Path] = {}
     for world in args.world:
@@ -176,6 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for key, params in param_sets.items():
             datasets[world, key] = make_dataset(folder, archive, params, args.work, args.workers,
                                                 world)  # fmt: skip
+        for key, params in check_sets.items():
             checks[key] = preprocessing_report(folder, archive, params, args.workers, world)
         worlds[world] = {"archive": str(archive), "checks": checks,
                          "seconds": time.perf_counter() - started}  # fmt: skip
@@ -200,12 +189,15 @@ def print_tables(result: dict[str, Any], bundles: list[Bundle], worlds: list[str
     print(f"\n{result['studies']} studies per world, seed {result['seed']}; study level at each "
           "bundle's own thresholds (sensitivity/specificity), ECE over 10 bins\n")  # fmt: skip
     print(markdown_cross_world(rows, worlds, "bundle / tested on"))
-    keys = list(dict.fromkeys(params_key(b.params) for b in bundles))
+    keys = list(result["worlds"][worlds[0]]["checks"])
     columns: dict[str, PreprocessingReport] = {}
     for key in keys:
-        users = ", ".join(b.name for b in bundles if params_key(b.params) == key)
+        base = key.removesuffix("+reader")
+        users = ", ".join(b.name for b in bundles if params_key(b.params) == base)
         for world in worlds:
             label = world if len(keys) == 1 else f"{world} ({users})"
+            if key.endswith("+reader"):
+                label += " + view reader"
             columns[label] = result["worlds"][world]["checks"][key]
     print("\npreprocessing against truth.csv (rate [Wilson 95% CI] hits/n)\n")
     print(markdown_table(columns))
@@ -232,6 +224,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--bootstrap", type=int, default=2000, help="AUC bootstrap resamples")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write everything as JSON")
+    parser.add_argument(
+        "--view-reader",
+        type=Path,
+        metavar="DIR",
+        help="also score the preprocessing with a learned view reader",
+    )
     args = parser.parse_args()
     if len({b.name for b in args.bundle}) != len(args.bundle):
         parser.error("two --bundle options share a name")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
 
 from train.fetch import add_fetch_command
 from train.training_cli import add_training_commands
+from train.view_reader.cli import add_view_reader_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     preprocess.add_argument("files", nargs="+", type=Path, metavar="FILE")
     preprocess.add_argument("--out", type=Path, required=True, help="folder for the PNG views")
+    preprocess.add_argument(
+        "--view-reader",
+        type=Path,
+        metavar="DIR",
+        help="a learned view reader (e.g. config/models/view-reader) as a second opinion",
+    )
     preprocess.set_defaults(run=_preprocess)
 
     prepare = commands.add_parser("prepare", help="archive + labels -> PNG/CSV dataset")
@@ -95,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     add_fetch_command(commands)
     add_training_commands(commands)
+    add_view_reader_command(commands)
 
     args = parser.parse_args(argv)
     result: int = args.run(args)
@@ -145,9 +154,12 @@ def _syntaxes(text: str) -> tuple[str, ...]:
 def _preprocess(args: argparse.Namespace) -> int:
     from pipeline.dicomio import DicomImageError, read_radiograph
     from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
+    from pipeline.preprocess.view_reader import ViewReaderParams
     from train.dataset.records import rejection_record, view_record, write_png
 
     params = PreprocessParams()
+    if args.view_reader:
+        params = replace(params, view_reader=ViewReaderParams(path=str(args.view_reader)))
     failures = 0
     for path in args.files:
         try:
@@ -157,24 +169,25 @@ def _preprocess(args: argparse.Namespace) -> int:
             failures += 1
             continue
         instance = preprocess_radiograph(radiograph, params)
+        evidence = {"evidence": list(instance.evidence)} if instance.evidence else {}
         if not instance.wrist.is_wrist:
-            print(json.dumps(rejection_record(str(path), instance), ensure_ascii=False))
+            record = {**rejection_record(str(path), instance), **evidence}
+            print(json.dumps(record, ensure_ascii=False))
             continue
         if not instance.views:
             record = {
                 **rejection_record(str(path), instance),
                 "is_wrist": True,
                 "error": "no anatomic part found in the image",
+                **evidence,
             }
             print(json.dumps(record, ensure_ascii=False))
             continue
         for view in instance.views:
             out = args.out / f"{instance.sop_instance_uid}_{view.part}.png"
             write_png(view.pixels, out)
-            print(
-                json.dumps(view_record(str(path), instance, view, str(out)), ensure_ascii=False),
-                flush=True,
-            )
+            record = {**view_record(str(path), instance, view, str(out)), **evidence}
+            print(json.dumps(record, ensure_ascii=False), flush=True)
     return 1 if failures == len(args.files) else 0
 
 

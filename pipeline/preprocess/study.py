@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,6 +22,12 @@ from pipeline.preprocess.inversion import InversionDecision, InversionParams, co
 from pipeline.preprocess.part_splitter import Box, SplitterParams, split_parts
 from pipeline.preprocess.rotation import RotationParams, align
 from pipeline.preprocess.transforms import Affine
+from pipeline.preprocess.view_reader import (
+    ViewReaderParams,
+    load_view_reader,
+    reconcile_inversion,
+    reconcile_rotation,
+)
 from pipeline.preprocess.wrist_filter import (
     WristDecision,
     WristFilterParams,
@@ -44,6 +50,7 @@ class PreprocessParams:
     splitter: SplitterParams = field(default_factory=SplitterParams)
     rotation: RotationParams = field(default_factory=RotationParams)
     output: OutputGeometry = field(default_factory=OutputGeometry)
+    view_reader: ViewReaderParams = field(default_factory=ViewReaderParams)
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,8 @@ class PreprocessedInstance:
     wrist: WristDecision
     inversion: InversionDecision | None
     views: tuple[View, ...]
+    evidence: tuple[str, ...] = ()
+    """The learned view reader's opinions and how each was reconciled with the heuristics."""
 
 
 def preprocess_radiograph(
@@ -92,6 +101,16 @@ def preprocess_radiograph(
 ) -> PreprocessedInstance:
     """Run every step on one radiograph. `timings`, when given, accumulates seconds per step."""
     clock = _Stopwatch(timings)
+    reading = None
+    evidence: list[str] = []
+    if params.view_reader.path:
+        with clock("view_reader"):
+            reader = load_view_reader(params.view_reader.path)
+            reading = reader.read(radiograph.pixels)
+        evidence.append(
+            f"view reader {reader.name}: wrist p={reading.wrist_probability:.2f}, inverted "
+            f"p={reading.inverted_probability:.2f}, fingers at {reading.finger_angle_deg:.0f} deg"
+        )
     with clock("wrist_filter"):
         wrist = decide_wrist(
             radiograph,
@@ -99,12 +118,22 @@ def preprocess_radiograph(
             study_description=radiograph.study_description,
             series_description=radiograph.series_description,
             params=params.wrist,
+            reader_wrist=None if reading is None else reading.wrist_probability,
+            reader_thresholds=(params.view_reader.refuse_below, params.view_reader.accept_above),
         )
     shape = (int(radiograph.pixels.shape[0]), int(radiograph.pixels.shape[1]))
+    uid = radiograph.sop_instance_uid
     if not wrist.is_wrist:
-        return PreprocessedInstance(radiograph.sop_instance_uid, shape, wrist, None, ())
+        return PreprocessedInstance(uid, shape, wrist, None, (), tuple(evidence))
     with clock("inversion"):
         pixels, inversion = correct_inversion(radiograph.pixels, params.inversion)
+    if reading is not None:
+        agreed = reconcile_inversion(inversion.inverted, reading, params.view_reader)
+        evidence.append(f"{agreed.rule}: {agreed.evidence}")
+        if agreed.value is None:
+            refused = replace(wrist, is_wrist=False, rule="image:inversion-disagree",
+                              reason=f"not analysable: {agreed.evidence}")  # fmt: skip
+            return PreprocessedInstance(uid, shape, refused, inversion, (), tuple(evidence))
     with clock("part_splitter"):
         reduced = reduce(pixels, params.analysis)
         split = split_parts(reduced, inversion.collimation.inner, shape, params.splitter)
@@ -114,8 +143,13 @@ def preprocess_radiograph(
     for part in split.parts:
         with clock("rotation"):
             alignment = align(part.mask, params.rotation)
+        rotation_deg = alignment.rotation_deg
+        if reading is not None and len(split.parts) == 1:
+            turned = reconcile_rotation(rotation_deg, reading, params.view_reader)
+            rotation_deg = float(turned.value)  # type: ignore[arg-type]
+            evidence.append(f"{turned.rule}: {turned.evidence}")
         with clock("geometry"):
-            transform = fit_part(part.mask, reduced, alignment.rotation_deg, params.output)
+            transform = fit_part(part.mask, reduced, rotation_deg, params.output)
             several = len(split.parts) > 1
             view_pixels = render(
                 pixels,
@@ -134,12 +168,12 @@ def preprocess_radiograph(
                 pixels=view_pixels,
                 transform=transform,
                 bbox=part.box,
-                rotation_deg=alignment.rotation_deg,
+                rotation_deg=rotation_deg,
                 fingers_flipped=alignment.fingers_flipped,
                 inverted=inversion.inverted,
             )
         )
-    return PreprocessedInstance(radiograph.sop_instance_uid, shape, wrist, inversion, tuple(views))
+    return PreprocessedInstance(uid, shape, wrist, inversion, tuple(views), tuple(evidence))
 
 
 def preprocess_study(

@@ -14,7 +14,7 @@ import re
 import tomllib
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +24,9 @@ from pipeline.dicomio import Radiograph
 from pipeline.preprocess.extremity_check import ExtremityParams, extremity_evidence
 
 _LISTS = ("wrist_terms", "arm_terms", "other_terms", "qualifiers")
-_CATEGORIES = ("wrist", "arm", "other")  # also the precedence on equal scores ("HAND WRIST")
+_OPTIONAL_LISTS = ("hand_terms",)
+_CATEGORIES = ("wrist", "hand", "arm", "other")  # also the precedence on equal scores
+HAND_POLICIES = ("refuse", "image", "analyse")
 _SHORT = 4
 """Terms or words this short match only exactly: one edit in four letters is another word."""
 
@@ -38,6 +40,8 @@ class WristVocabulary:
     other_terms: tuple[str, ...]
     qualifiers: tuple[str, ...]
     min_score: float = 80.0
+    hand_terms: tuple[str, ...] = ()
+    """Hand radiographs: what happens to them is `WristFilterParams.hand`, a site's policy."""
     """OSA similarity (0-100) a word must reach; one typo in a 5-6 letter word scores 80-83."""
 
     @classmethod
@@ -54,10 +58,10 @@ class WristVocabulary:
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{where} is not valid TOML: {exc}") from exc
         for key in data:
-            if key not in (*_LISTS, "min_score"):
+            if key not in (*_LISTS, *_OPTIONAL_LISTS, "min_score"):
                 raise ValueError(f"unknown key {key!r} in {where}")
         lists: dict[str, tuple[str, ...]] = {}
-        for key in _LISTS:
+        for key in (*_LISTS, *(k for k in _OPTIONAL_LISTS if k in data)):
             value = data.get(key)
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise ValueError(f"key {key!r} in {where} must be a list of non-empty strings")
@@ -81,6 +85,9 @@ class WristFilterParams:
     veto_score: float = 0.35
     """Extremity score below which an image overrules a wrist tag: clearly not an extremity.
     Low, because vetoing a true wrist loses a study."""
+    hand: str = "refuse"
+    """A study tagged HAND (vocabulary `hand_terms`): "refuse" it (a hand series is another
+    examination), let the "image" decide as for an arm tag, or "analyse" it as a wrist."""
     extremity: ExtremityParams = field(default_factory=ExtremityParams)
 
 
@@ -128,8 +135,14 @@ def decide_wrist(
     study_description: str = "",
     series_description: str = "",
     params: WristFilterParams,
+    reader_wrist: float | None = None,
+    reader_thresholds: tuple[float, float] = (0.2, 0.5),
 ) -> WristDecision:
-    """Decide whether an instance is a wrist radiograph from its tags and, when given, its image."""
+    """Decide whether an instance is a wrist radiograph from its tags and, when given, its image.
+
+    `reader_wrist`, the learned view reader's wrist probability, replaces the extremity score
+    as the image's opinion (the extremity check separates limbs from trunks, not wrists from
+    knees); `reader_thresholds` are then (refuse a wrist tag below, accept an arm tag from)."""
     vocab = params.vocabulary
     match = _match(body_part, "Body Part Examined", vocab)
     for text, name in ((study_description, "Study"), (series_description, "Series")):
@@ -143,6 +156,11 @@ def decide_wrist(
         seen = f"; image check skipped: {why}"
     else:
         seen = f"; extremity score of the image {evidence.score:.2f}"
+    if reader_wrist is not None:
+        img = reader_wrist
+        seen = f"; view reader: wrist probability {reader_wrist:.2f}" + seen.replace(";", ",", 1)
+        params = replace(params, veto_score=reader_thresholds[0],
+                         accept_score=reader_thresholds[1])  # fmt: skip
 
     if match is None:
         blank = not any(t.strip() for t in (body_part, study_description, series_description))
@@ -158,12 +176,19 @@ def decide_wrist(
     source = "tag" if match.field == "Body Part Examined" else "description"
     said = f"{match.field} {match.text!r} matches {match.category} term {match.term!r}"
     said += f" (score {match.score:.0f})"
+    if match.category == "hand":
+        if params.hand not in HAND_POLICIES:
+            raise ValueError(f"hand policy must be one of {HAND_POLICIES}, not {params.hand!r}")
+        said += f"; hand policy {params.hand!r}"
+        category = {"refuse": "other", "image": "arm", "analyse": "wrist"}[params.hand]
+        match = replace(match, category=category)
     if match.category == "other":
         return WristDecision(False, f"{source}:other", said + seen, match.term, match.score, img)
     if match.category == "wrist":
         if img is not None and img < params.veto_score:
             rule, ok = f"{source}:wrist+image-veto", False
-            seen += f", below the veto threshold {params.veto_score:.2f}: not an extremity"
+            looks = "a wrist" if reader_wrist is not None else "an extremity"
+            seen += f", below the veto threshold {params.veto_score:.2f}: not {looks}"
         else:
             rule, ok = f"{source}:wrist", True
         return WristDecision(ok, rule, said + seen, match.term, match.score, img)
@@ -235,7 +260,7 @@ def _match(text: str, field_name: str, vocab: WristVocabulary) -> _Match | None:
     candidates = {" ".join(words[i : i + n]) for n in (1, 2, 3) for i in range(len(words))}
     candidates.add(" ".join(words))
     candidates.discard("")
-    lists = (vocab.wrist_terms, vocab.arm_terms, vocab.other_terms)
+    lists = (vocab.wrist_terms, vocab.hand_terms, vocab.arm_terms, vocab.other_terms)
     best: tuple[float, int, int] | None = None
     found: _Match | None = None
     for rank, (category, terms) in enumerate(zip(_CATEGORIES, lists, strict=True)):

@@ -282,3 +282,22 @@ def test_agrees_with_archive_truth(which: str, request: pytest.FixtureRequest) -
     if which == "larger_archive":
         assert len(mistagged) >= 3
         assert sum(row["body_part"] != "wrist" for row, _ in decisions) >= 10
+
+
+# --- the site's hand policy ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tag", ["HAND", "MANO IZQ", "Main droite", "HANDS"])
+def test_hand_tags_follow_the_site_policy(tag: str) -> None:
+    refused = decide(tag)  # the default policy: a hand series is another examination
+    assert not refused.is_wrist and refused.rule == "tag:other" and "hand policy" in refused.reason
+    wrist = rendered("wrist", 1)
+    chest = rendered("chest", 1)
+    by_image = replace(PARAMS, hand="image")
+    assert decide_wrist(wrist, body_part=tag, params=by_image).rule == "tag:arm+image"
+    assert not decide_wrist(chest, body_part=tag, params=by_image).is_wrist
+    analyse = replace(PARAMS, hand="analyse")
+    assert decide_wrist(None, body_part=tag, params=analyse).is_wrist
+    assert decide("HAND WRIST").rule == "tag:wrist"  # the wrist term still wins a tie
+    with pytest.raises(ValueError, match="hand policy"):
+        decide_wrist(None, body_part=tag, params=replace(PARAMS, hand="maybe"))
