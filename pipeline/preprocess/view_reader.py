@@ -13,7 +13,6 @@ and every process (a `prepare` worker, a node worker) loads it once.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -85,9 +84,10 @@ def reconcile_inversion(
     p = reading.inverted_probability
     reader = p >= 0.5
     said = f"heuristic {'inverted' if heuristic else 'not inverted'}, view reader p={p:.2f}"
-    if reader == heuristic or abs(p - 0.5) * 2 < params.sure * 2 - 1:
-        return Reconciled(heuristic, "inversion:agree" if reader == heuristic else
-                          "inversion:heuristic", said)  # fmt: skip
+    if reader == heuristic:
+        return Reconciled(heuristic, "inversion:agree", said)
+    if 1.0 - params.sure < p < params.sure:  # the reader is unsure: the heuristic stands
+        return Reconciled(heuristic, "inversion:heuristic", said)
     return Reconciled(None, "inversion:disagree", said + ": the cues disagree, not analysed")
 
 
@@ -116,7 +116,3 @@ def reconcile_rotation(
 def _wrap(degrees: float) -> float:
     return (degrees + 180.0) % 360.0 - 180.0
 
-
-def angular_error(a_deg: float, b_deg: float) -> float:
-    """Absolute difference of two directions in degrees, in [0, 180]."""
-    return abs(_wrap(a_deg - b_deg)) if math.isfinite(a_deg - b_deg) else 180.0
