@@ -115,4 +115,3 @@ def reconcile_rotation(
 
 def _wrap(degrees: float) -> float:
     return (degrees + 180.0) % 360.0 - 180.0
-
