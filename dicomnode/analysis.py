@@ -22,11 +22,11 @@ from dicomnode.index import InstanceRow
 from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
 from dicomnode.reports.sr import is_not_analysed_sr, model_version
 from dicomnode.spool import Spool
+from pipeline.dicom.uids import SR_SOP_CLASSES
 from pipeline.dicomio import DicomImageError, Radiograph, read_radiograph
 from pipeline.inference import ModelBundle, StudyPrediction, ViewPrediction
 
 log = logging.getLogger("dicomnode.analysis")
-SR_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34"}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from dicomnode import dimse_status
+from pipeline.dicom import dimse
 
 MAX_PROBLEM_LINES = 10
 """C-STORE problem lines (WARNING, ERROR) per association; the rest at DEBUG."""
@@ -35,10 +35,10 @@ CONTEXT_REFUSALS = {
 """A-ASSOCIATE-AC presentation context results (PS3.8 9.3.3.2) in words."""
 
 STORE_FAILURES = {
-    dimse_status.OUT_OF_RESOURCES: "out of resources",
-    dimse_status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS: "data set does not match SOP class",
-    dimse_status.CANNOT_UNDERSTAND: "cannot understand",
-    dimse_status.PROCESSING_FAILURE: "processing failure",
+    dimse.OUT_OF_RESOURCES: "out of resources",
+    dimse.DATA_SET_DOES_NOT_MATCH_SOP_CLASS: "data set does not match SOP class",
+    dimse.CANNOT_UNDERSTAND: "cannot understand",
+    dimse.PROCESSING_FAILURE: "processing failure",
 }
 
 
@@ -69,7 +69,7 @@ class AssociationTally:
 
     def record_store(self, status: int, study_uid: str) -> None:
         """Count one C-STORE answered with `status` (warnings count as stored)."""
-        if status == dimse_status.SUCCESS or status in dimse_status.STORE_WARNINGS:
+        if status == dimse.SUCCESS or status in dimse.STORE_WARNINGS:
             self.stored += 1
             self.studies.setdefault(study_uid, None)
         else:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
+
+from pipeline.timestamps import utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,12 @@ class AuditLog:
         """Append one event; a failing disk is logged, never raised into the caller."""
         if event not in EVENTS:
             raise ValueError(f"unknown audit event {event!r}")
-        line = {"time": _utc_now(), "event": event, "pid": os.getpid(), **fields}
+        line = {
+            "time": utc_timestamp(timespec="milliseconds"),
+            "event": event,
+            "pid": os.getpid(),
+            **fields,
+        }
         data = (json.dumps(line, separators=(",", ":"), sort_keys=False) + "\n").encode()
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -55,8 +61,3 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _utc_now() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"

@@ -1,8 +1,9 @@
 """The `dicomnode` command: run the node and check its configuration.
 
 Exit status 2: the configuration or what it names cannot work (a wrong key or value, a missing
-model bundle, TLS file or storage folder, too little free space); the message says which key
-and which file. The systemd unit does not restart the node on it.
+model bundle, TLS file or storage folder, too little free space, a database written by a newer
+release); the message says which key and which file. The systemd unit does not restart the
+node on it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dicomnode.config import (
     with_overrides,
 )
 from dicomnode.logs import configure_logging
+from dicomnode.migrations import SchemaError
 from dicomnode.preflight import Origin, StartupError, StartupReport, check_startup
 
 log = logging.getLogger("dicomnode")
@@ -41,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dicomnode: {exc}", file=sys.stderr)
         return 2
-    result: int = args.run(config, args)
+    try:
+        result: int = args.run(config, args)
+    except SchemaError as exc:  # a database from a newer release: refuse, do not restart
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        return 2
     return result
 
 
@@ -224,12 +230,20 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     server = start_server(config, spool, queue, audit)
     http = None
     if config.http.port:
+        from dicomnode.drift import DriftMonitor, reference_of
         from dicomnode.health import health, start_http
 
-        expected = config.analysis.workers
+        expected, shadow = config.analysis.workers, config.results.shadow
+        drift = DriftMonitor(root, reference_of(config.model.bundle))
         http = start_http(config.http.host, config.http.port, queue,
-                          lambda: health(queue, pool.alive(), expected, pool.health))  # fmt: skip
+                          lambda: health(queue, pool.alive(), expected, pool.health, drift, shadow),
+                          drift)  # fmt: skip
     log.info("storage in %s; %s", root, _counts(queue))
+    if config.results.shadow:
+        from dicomnode.worker import SHADOW_REASON
+
+        log.warning("%s: no destination receives anything ([results] shadow = true)",
+                    SHADOW_REASON)  # fmt: skip
     interval = watchdog_interval()
     if interval:
         scheduler.add_job(lambda: notify("WATCHDOG=1"), "interval", seconds=interval)

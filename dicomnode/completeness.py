@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from dicomnode.states import StudyState
+
 
 class StudyTiming(Protocol):
     """What the decision needs to know about a study (the index's study row has it)."""
@@ -37,7 +39,7 @@ class CompletenessParams:
 
 def is_study_complete(study: StudyTiming, now: float, params: CompletenessParams) -> bool:
     """True when a receiving study should be analysed now."""
-    if study.state != "receiving":
+    if study.state != StudyState.RECEIVING:
         return False
     released = study.released_at is not None and study.released_at >= study.last_received
     if released and now - study.last_received >= params.grace_seconds:

@@ -19,7 +19,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from rapidfuzz import process
 
-AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: 16 chars, no backslash
+from pipeline.dicom.addresses import AE_TITLE_RULE, AeAddress, is_valid_ae_title
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 LogFormat = Literal["text", "json"]
 
@@ -37,8 +38,8 @@ class FieldError(ValueError):
 
 
 def _ae_title(value: str) -> None:
-    if not AE_TITLE.match(value) or not value.strip():
-        raise ValueError("must be 1-16 printable ASCII characters without backslash")
+    if not is_valid_ae_title(value):
+        raise ValueError(AE_TITLE_RULE)
 
 
 def _port(value: int) -> None:
@@ -99,12 +100,10 @@ class Destination(_Validated):
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """Parse ``AET@HOST:PORT`` as given on the command line."""
-        match = re.fullmatch(r"(?P<aet>[^@]+)@(?P<host>[^:]+):(?P<port>\d+)", text.strip())
-        if not match:
-            raise ConfigError(f"destination {text!r} is not of the form AET@HOST:PORT")
+        """Parse ``AET@HOST:PORT`` (IPv6: ``AET@[::1]:104``) as given on the command line."""
         try:
-            return cls(match["aet"], match["host"], int(match["port"]))
+            address = AeAddress.parse(text)
+            return cls(address.aet, address.host, address.port)
         except ValueError as exc:
             raise ConfigError(f"destination {text!r}: {exc}") from exc
 
@@ -255,10 +254,13 @@ class SendingSection(_Validated):
 
 @dataclass(frozen=True)
 class ResultsSection:
-    """What is sent besides the results of analysed studies."""
+    """What is sent: results of analysed studies, reports on others, or nothing (shadow)."""
 
     report_out_of_scope: bool = False
     """Send a short SR saying "not analysed" and why for studies with no wrist view."""
+    shadow: bool = False
+    """Shadow mode: analyse and keep the results (results spool, outcome, drift statistics) but
+    send nothing to any destination, e.g. to watch a new model or site before going live."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,19 +23,22 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from dicomnode.drift import OUTCOMES, DriftMonitor
 from dicomnode.index import STUDY_STATES
 from dicomnode.supervision import AnalysisHealth
-from dicomnode.work_queue import STAGES, WorkQueue
+from dicomnode.work_queue import WorkQueue
+from pipeline.drift import LEVELS
 
 log = logging.getLogger("dicomnode.http")
-BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
 class NodeCollector(Collector):
-    """Instances, bytes, studies per state, stage latencies, failures, delivery backlog."""
+    """Instances, bytes, studies per state, stage latencies, failures, delivery backlog, and
+    the drift of the model's outputs (with a `drift` monitor)."""
 
-    def __init__(self, queue: WorkQueue) -> None:
+    def __init__(self, queue: WorkQueue, drift: DriftMonitor | None = None) -> None:
         self.queue = queue
+        self.drift = drift
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         counts = self.queue.counts()
@@ -48,12 +52,9 @@ class NodeCollector(Collector):
         yield states
         stages = HistogramMetricFamily("dicomnode_stage_seconds", "Seconds per study and stage",
                                        labels=["stage"])  # fmt: skip
-        timings = self.queue.timings()
-        for stage in STAGES:
-            values = [s for name, s in timings if name == stage]
-            buckets = [(str(b), sum(1 for v in values if v <= b)) for b in BUCKETS]
-            buckets.append(("+Inf", len(values)))
-            stages.add_metric([stage], buckets, sum_value=sum(values))
+        for stage, histogram in self.queue.stage_histograms().items():
+            buckets = [("+Inf" if b == float("inf") else str(b), n) for b, n in histogram.buckets]
+            stages.add_metric([stage], buckets, sum_value=histogram.sum)
         yield stages
         failures = GaugeMetricFamily("dicomnode_failed_studies", "Failed studies by reason",
                                      labels=["reason"])  # fmt: skip
@@ -65,13 +66,41 @@ class NodeCollector(Collector):
         for destination, count in self.queue.backlog().items():
             backlog.add_metric([destination], count)
         yield backlog
+        if self.drift is not None:
+            yield from drift_metrics(self.drift)
+
+
+def drift_metrics(monitor: DriftMonitor) -> Iterator[GaugeMetricFamily]:
+    """Per window (today, last_7_days): studies per outcome, level rates, PSI; and degraded."""
+    report = monitor.report()
+    studies = GaugeMetricFamily("dicomnode_drift_studies", "Studies counted per outcome (UTC "
+                                "days)", labels=["window", "outcome"])  # fmt: skip
+    rates = GaugeMetricFamily("dicomnode_drift_level_rate", "Share of analysed studies per "
+                              "level", labels=["window", "level"])  # fmt: skip
+    psi = GaugeMetricFamily("dicomnode_drift_psi", "Population stability index of the study "
+                            "probability vs the bundle's reference", labels=["window"])  # fmt: skip
+    for window in report.windows:
+        for outcome in OUTCOMES:
+            studies.add_metric([window.name, outcome], window.tally.outcomes[outcome])
+        for level in LEVELS:
+            rate = window.rates()[level]
+            if rate is not None:
+                rates.add_metric([window.name, level], rate)
+        if window.psi is not None:
+            psi.add_metric([window.name], window.psi)
+    yield studies
+    yield rates
+    yield psi
+    yield GaugeMetricFamily("dicomnode_drift_degraded", "1 when the outputs left the "
+                            "reference's band", value=int(report.degraded))  # fmt: skip
 
 
 def start_http(host: str, port: int, queue: WorkQueue,
-               healthy: Callable[[], dict[str, object]]) -> ThreadingHTTPServer:  # fmt: skip
+               healthy: Callable[[], dict[str, object]],
+               drift: DriftMonitor | None = None) -> ThreadingHTTPServer:  # fmt: skip
     """Serve /healthz and /metrics in a daemon thread; returns the server (shutdown() stops)."""
     registry = CollectorRegistry()
-    registry.register(NodeCollector(queue))
+    registry.register(NodeCollector(queue, drift))
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -100,10 +129,13 @@ def start_http(host: str, port: int, queue: WorkQueue,
     return server
 
 
-def health(queue: WorkQueue, workers_alive: int, expected: int,
-           analysis: AnalysisHealth) -> dict[str, object]:  # fmt: skip
+def health(queue: WorkQueue, workers_alive: int, expected: int, analysis: AnalysisHealth,
+           drift: DriftMonitor | None = None,
+           shadow: bool = False) -> dict[str, object]:  # fmt: skip
     """The /healthz answer: ok when every worker runs, analysis is not failing and the database
-    answers; otherwise `reason` says why."""
+    answers; otherwise `reason` says why. With a `drift` monitor, `degraded` (and then
+    `degraded_reason`) says whether the model's outputs left their band: a field to alert on,
+    not a failure of the node (the status code stays)."""
     try:
         queue.counts()
         database = True
@@ -120,4 +152,14 @@ def health(queue: WorkQueue, workers_alive: int, expected: int,
     }  # fmt: skip
     if reasons:
         answer["reason"] = "; ".join(reasons)
+    if shadow:
+        answer["shadow"] = True
+    if drift is not None:
+        try:
+            report = drift.report()
+            answer["degraded"], why = report.degraded, report.reason
+        except (sqlite3.Error, OSError) as exc:
+            answer["degraded"], why = True, f"drift statistics unreadable: {exc}"
+        if answer["degraded"]:
+            answer["degraded_reason"] = f"model outputs drift: {why}"
     return answer

@@ -5,7 +5,7 @@ needs_revision=1 when an instance arrives after analysis began, and reopens ('re
 that had ended (`REOPENED_BY_ARRIVAL`: 'done', 'failed', 'out_of_scope'), so that it is analysed
 again and its report revised. An instance received again (same SOP Instance UID, the latest copy
 replaces the file) is an arrival like any other. Our own results (``ours``) never touch their
-study.
+study. The schema (the index's and the work queue's) is made and migrated by dicomnode.migrations.
 """
 
 from __future__ import annotations
@@ -20,43 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STUDY_STATES = ("receiving", "complete", "analysing", "sending", "done", "failed", "out_of_scope")
-REOPENED_BY_ARRIVAL = ("done", "failed", "out_of_scope")
+from dicomnode.migrations import migrate
+from dicomnode.states import StudyState
+
+STUDY_STATES = tuple(StudyState)
+REOPENED_BY_ARRIVAL = (StudyState.DONE, StudyState.FAILED, StudyState.OUT_OF_SCOPE)
 """The ended states an arriving instance reopens: results (or the verdict that there were none to
 make) cover the study as it was, not with this instance (a wrist view after the hand view, or the
 same instance re-sent with a corrected Body Part Examined)."""
-SCHEMA_VERSION = 1
 _REOPEN = ", ".join(f"'{state}'" for state in REOPENED_BY_ARRIVAL)
-_STALE = f"'complete', 'analysing', 'sending', {_REOPEN}"
+_STALE = f"'{StudyState.COMPLETE}', '{StudyState.ANALYSING}', '{StudyState.SENDING}', {_REOPEN}"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS studies (study_uid TEXT PRIMARY KEY, state TEXT NOT NULL,
-    first_received REAL NOT NULL, last_received REAL NOT NULL, released_at REAL,
-    n_instances INTEGER NOT NULL DEFAULT 0, needs_revision INTEGER NOT NULL DEFAULT 0,
-    state_changed_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '');
-CREATE INDEX IF NOT EXISTS studies_state ON studies (state);
-CREATE TABLE IF NOT EXISTS instances (sop_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL,
-    series_uid TEXT NOT NULL, sop_class_uid TEXT NOT NULL, path TEXT NOT NULL,
-    calling_aet TEXT NOT NULL, association_id TEXT NOT NULL, received_at REAL NOT NULL,
-    ours INTEGER NOT NULL); CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
-CREATE TABLE IF NOT EXISTS associations (association_id TEXT PRIMARY KEY,
-    calling_aet TEXT NOT NULL, address TEXT NOT NULL, opened_at REAL NOT NULL,
-    closed_at REAL, released INTEGER);
--- Bytes kept per instance (for the metrics; a separate table needs no migration).
-CREATE TABLE IF NOT EXISTS instance_sizes (sop_uid TEXT PRIMARY KEY, bytes INTEGER NOT NULL);
--- Which studies each association sent to: released_at waits for all of them to close.
-CREATE TABLE IF NOT EXISTS association_studies (association_id TEXT NOT NULL,
-    study_uid TEXT NOT NULL, PRIMARY KEY (association_id, study_uid));
-"""
-# Studies whose files retention removed (dicomnode.retention), one row per purge; created on first
-# use so that an existing index needs no migration. `state_changed_at` is the study's at the
-# purge: a study reopened and delivered again since has a newer one and is purged again later.
-_PURGED = """
-CREATE TABLE IF NOT EXISTS purged (study_uid TEXT NOT NULL, state_changed_at REAL NOT NULL,
-    purged_at REAL NOT NULL, state TEXT NOT NULL, instances INTEGER NOT NULL,
-    results INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (study_uid, state_changed_at))
-"""
 # A store into a study and a purge of it exclude each other (see `Index.study_lock`). Per process:
 # the receiver and the retention job both run in the service process. Striped, so stores into
 # different studies rarely wait for one another.
@@ -107,13 +81,16 @@ class Index:
         self._lock = threading.RLock()
         # Autocommit mode: each write below runs in its own explicit BEGIN IMMEDIATE.
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        # recursive_triggers: a REPLACE that removes a row fires its delete trigger too, which
+        # keeps the counters of dicomnode.migrations version 2 right.
         self._db.executescript(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-            f" BEGIN IMMEDIATE; {_SCHEMA} INSERT INTO schema_version SELECT {SCHEMA_VERSION}"
-            " WHERE NOT EXISTS (SELECT 1 FROM schema_version); COMMIT;"
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA recursive_triggers=ON;"
         )
-        if self._query("SELECT MAX(version) FROM schema_version")[0][0] != SCHEMA_VERSION:
-            raise RuntimeError(f"{path}: the index schema is not version {SCHEMA_VERSION}")
+        try:
+            migrate(self._db, path)  # SchemaError for a database newer than this code
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         """Close the connection."""
@@ -150,14 +127,14 @@ class Index:
                 return known is not None
             db.execute(
                 "INSERT OR IGNORE INTO studies (study_uid, state, first_received, last_received,"
-                " state_changed_at, reason) VALUES (?, 'receiving', ?, ?, ?, 'first instance')",
-                (study_uid, received_at, received_at, received_at),
+                " state_changed_at, reason) VALUES (?, ?, ?, ?, ?, 'first instance')",
+                (study_uid, StudyState.RECEIVING, received_at, received_at, received_at),
             )
             db.execute(
                 f"UPDATE studies SET needs_revision = needs_revision OR state IN ({_STALE}),"
                 f" state_changed_at = IIF(state IN ({_REOPEN}), ?, state_changed_at),"
                 f" reason = IIF(state IN ({_REOPEN}), 'instance received after ' || state, reason),"
-                f" state = IIF(state IN ({_REOPEN}), 'receiving', state),"
+                f" state = IIF(state IN ({_REOPEN}), '{StudyState.RECEIVING}', state),"
                 " last_received = MAX(last_received, ?), released_at = NULL,"
                 " n_instances = (SELECT COUNT(*) FROM instances WHERE study_uid = ? AND ours = 0)"
                 " WHERE study_uid = ?",
@@ -246,11 +223,7 @@ class Index:
 
     def received_bytes(self) -> int:
         """Bytes of the received instances kept (our own results excluded)."""
-        rows = self._query(
-            "SELECT COALESCE(SUM(s.bytes), 0) FROM instance_sizes s"
-            " JOIN instances i USING (sop_uid) WHERE i.ours = 0"
-        )
-        return int(rows[0][0])
+        return int(self._query("SELECT received_bytes FROM instance_totals")[0][0])
 
     def instance(self, sop_uid: str) -> InstanceRow | None:
         """The instance `sop_uid` (our own results included), or None if not received."""
@@ -260,9 +233,9 @@ class Index:
 
     def counts(self) -> dict[str, int]:
         """Studies per state (every state present, zero included) and the instance total."""
-        result = dict.fromkeys(STUDY_STATES, 0)
-        result.update(self._query("SELECT state, COUNT(*) FROM studies GROUP BY state"))
-        return result | {"instances": self._query("SELECT COUNT(*) FROM instances")[0][0]}
+        result: dict[str, int] = dict.fromkeys(STUDY_STATES, 0)
+        result.update(self._query("SELECT state, n FROM study_counts WHERE n > 0"))
+        return result | {"instances": self._query("SELECT instances FROM instance_totals")[0][0]}
 
     def study_lock(self, study_uid: str) -> threading.Lock:
         """The lock a store into `study_uid` (file and index row) and a purge of that study hold,
@@ -273,8 +246,6 @@ class Index:
         """Studies in `states` since before `changed_before` and not purged since, oldest first."""
         _check_state(*states)
         marks = ", ".join("?" for _ in states)
-        with self._transaction() as db:
-            db.execute(_PURGED)
         return self._studies(
             f"state IN ({marks}) AND state_changed_at < ? AND NOT EXISTS (SELECT 1 FROM purged p"
             " WHERE p.study_uid = studies.study_uid"
@@ -296,7 +267,6 @@ class Index:
         provided the study is still in the state `study` shows (False, nothing recorded, if it
         moved on). The study row stays, in its final state."""
         with self._transaction() as db:
-            db.execute(_PURGED)
             row = db.execute(
                 "SELECT state, state_changed_at FROM studies WHERE study_uid = ?",
                 (study.study_uid,),
@@ -318,8 +288,6 @@ class Index:
 
     def purge_totals(self) -> dict[str, int]:
         """Purges so far: studies (each purge counted), instances, results and bytes removed."""
-        with self._transaction() as db:
-            db.execute(_PURGED)
         row = self._query(
             "SELECT COUNT(*), COALESCE(SUM(instances), 0), COALESCE(SUM(results), 0),"
             " COALESCE(SUM(bytes), 0) FROM purged"

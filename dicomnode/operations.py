@@ -6,27 +6,32 @@ import time
 from typing import Any
 
 from dicomnode.config import Config
+from dicomnode.drift import DriftMonitor, reference_of
+from dicomnode.states import StudyState
 from dicomnode.work_queue import WorkQueue
-from dicomnode.worker import database
+from dicomnode.worker import SHADOW_REASON, database
+from pipeline.drift import LEVELS
+from pipeline.timestamps import utc_timestamp
 
-WAITING = ("receiving", "complete", "analysing", "sending")
+WAITING = (StudyState.RECEIVING, StudyState.COMPLETE, StudyState.ANALYSING, StudyState.SENDING)
 
 
 def status(config: Config, *, now: float | None = None, recent: int = 10) -> dict[str, Any]:
     """Counts per state, the oldest waiting study, recent failures, per-destination backlog,
-    and the analysis workers' health as the service last recorded it."""
+    the analysis workers' health as the service last recorded it, shadow mode and the drift of
+    the model's outputs (today and the last 7 days against the bundle's reference)."""
     at = time.time() if now is None else now
     queue = WorkQueue(database(config))
     try:
         counts = queue.counts()
         waiting = queue.studies_in_state(*WAITING)
         oldest = min(waiting, key=lambda s: s.first_received, default=None)
-        failed = sorted(queue.studies_in_state("failed"), key=lambda s: s.state_changed_at,
+        failed = sorted(queue.studies_in_state(StudyState.FAILED), key=lambda s: s.state_changed_at,
                         reverse=True)[:recent]  # fmt: skip
         analysis = queue.analysis_health()
         return {
             "analysis": {"state": analysis.state, "reason": analysis.reason,
-                         "failures": analysis.failures, "since": _when(analysis.since),
+                         "failures": analysis.failures, "since": utc_timestamp(analysis.since),
                          "summary": analysis.describe()},
             "counts": counts,
             "oldest_waiting": None if oldest is None else {
@@ -35,18 +40,17 @@ def status(config: Config, *, now: float | None = None, recent: int = 10) -> dic
             },
             "recent_failures": [
                 {"study_instance_uid": s.study_uid, "reason": s.reason,
-                 "at": _when(s.state_changed_at)}
+                 "at": utc_timestamp(s.state_changed_at)}
                 for s in failed
             ],
             "backlog": queue.backlog(),
             "purged": queue.purge_totals(),
+            "shadow": config.results.shadow,
+            "drift": DriftMonitor(config.storage.path,
+                                  reference_of(config.model.bundle)).report(at).as_dict(),
         }  # fmt: skip
     finally:
         queue.close()
-
-
-def _when(epoch: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(epoch))
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -54,9 +58,12 @@ def format_status(report: dict[str, Any]) -> str:
     counts = report["counts"]
     analysis = report["analysis"]
     since = "" if analysis["state"] == "running" else f" (since {analysis['since']})"
-    lines = [f"analysis: {analysis['summary']}{since}",
-             "studies: " + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "instances")
-             + f"; instances {counts.get('instances', 0)}"]  # fmt: skip
+    lines = [f"analysis: {analysis['summary']}{since}"]
+    if report.get("shadow"):
+        lines.append(SHADOW_REASON)
+    lines.append("studies: " + ", ".join(f"{k} {v}" for k, v in counts.items()
+                                         if k != "instances")
+                 + f"; instances {counts.get('instances', 0)}")  # fmt: skip
     oldest = report["oldest_waiting"]
     lines.append("oldest waiting: " + ("none" if oldest is None else
                  f"{oldest['study_instance_uid']} ({oldest['state']}, "
@@ -66,10 +73,35 @@ def format_status(report: dict[str, Any]) -> str:
     purged = report["purged"]
     lines.append(f"purged after delivery: {purged['studies']} studies, "
                  f"{purged['bytes'] / 1e6:.1f} MB")  # fmt: skip
+    if "drift" in report:
+        lines += _drift_lines(report["drift"])
     for failure in report["recent_failures"]:
         lines.append(f"failed {failure['at']} {failure['study_instance_uid']}: "
                      f"{failure['reason']}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _drift_lines(drift: dict[str, Any]) -> list[str]:
+    reference = drift["reference"]
+    if reference is None:
+        head = "drift: not judged (the model bundle has no drift_reference)"
+    elif drift["degraded"]:
+        head = f"drift: DEGRADED: {drift['reason']}"
+    else:
+        head = f"drift: within band (reference: {reference['source']}, n {reference['n_studies']})"
+    lines = [head]
+    for name, window in drift["windows"].items():
+        shares = window["level_rates"]
+        rates = ", ".join(f"{level} " + ("-" if shares[level] is None else f"{shares[level]:.1%}")
+                          for level in LEVELS)  # fmt: skip
+        psi = "-" if window["psi"] is None else f"{window['psi']:.3f}"
+        if window["psi_limit"] is not None:
+            psi += f" (limit {window['psi_limit']:.3f})"
+        if not window["judged"] and reference is not None:
+            psi += f"; not judged below {reference['min_studies']} studies"
+        lines.append(f"  {name.replace('_', ' ')}: {window['studies']} analysed, "
+                     f"{window['not_analysable']} not analysable; {rates}; PSI {psi}")  # fmt: skip
+    return lines
 
 
 def resend(config: Config, study_uid: str) -> str:
@@ -80,12 +112,12 @@ def resend(config: Config, study_uid: str) -> str:
         study = queue.study(study_uid)
         if study is None:
             return f"no study {study_uid} in this node's index"
-        if study.state in ("complete", "analysing"):
+        if study.state in (StudyState.COMPLETE, StudyState.ANALYSING):
             return f"study {study_uid} is already queued ({study.state})"
         if not queue.instances(study_uid):
             return (f"study {study_uid} has no images left (purged after delivery, see "
                     "[retention]); have the sender send it again")  # fmt: skip
-        queue.set_state(study_uid, "complete", reason="resend requested")
+        queue.set_state(study_uid, StudyState.COMPLETE, reason="resend requested")
         return f"study {study_uid} queued again (was {study.state}); a running node picks it up"
     finally:
         queue.close()

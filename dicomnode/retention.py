@@ -41,11 +41,13 @@ from pathlib import Path
 
 from dicomnode.audit import AuditLog
 from dicomnode.index import Index, StudyRow
-from dicomnode.spool import is_valid_uid
+from dicomnode.states import StudyState
+from pipeline.dicom.uids import is_valid_uid
+from pipeline.files import fsync_directory
 
 log = logging.getLogger(__name__)
 
-PURGEABLE_STATES = ("done", "out_of_scope")
+PURGEABLE_STATES: tuple[str, ...] = (StudyState.DONE, StudyState.OUT_OF_SCOPE)
 
 
 @dataclass(frozen=True)
@@ -176,9 +178,5 @@ def _remove_folder(folder: Path) -> tuple[int, int]:
     # Make the removal durable before the index records it: a crash must not bring files back
     # that the index no longer knows.
     with contextlib.suppress(OSError):
-        fd = os.open(folder.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(folder.parent)
     return files, size

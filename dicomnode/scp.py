@@ -1,7 +1,7 @@
 """The node's Storage SCP: accept wrist radiographs, store them durably, index them.
 
 Handlers are thin and never raise: they log one line (study UID, never patient data) and
-return a named status from `dicomnode.dimse_status`. Success means the instance is fsync'd in
+return a named status from `pipeline.dicom.dimse`. Success means the instance is fsync'd in
 the spool and indexed. Each association ends with one INFO line that sums it up (see
 `dicomnode.association_log`), however many SOP classes the caller proposed.
 """
@@ -21,7 +21,6 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomnode import dimse_status
 from dicomnode.access import admit, too_many
 from dicomnode.association_log import AssociationLog, AssociationTally, listed, refused_contexts
 from dicomnode.audit import AuditLog
@@ -29,7 +28,7 @@ from dicomnode.config import Config
 from dicomnode.connections import handle_conn_close, handle_plain_open, handle_tls_open, is_tls
 from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.index import Index
-from dicomnode.spool import Spool, is_valid_uid
+from dicomnode.spool import Spool
 from dicomnode.store_checks import (
     Rejected,
     checked_pixels,
@@ -38,7 +37,8 @@ from dicomnode.store_checks import (
     read_header,
     text_value,
 )
-from pipeline.dicomio import READABLE_TRANSFER_SYNTAXES, SUPPORTED_SOP_CLASSES
+from pipeline.dicom import dimse
+from pipeline.dicom.uids import RADIOGRAPH_SOP_CLASSES, READABLE_TRANSFER_SYNTAXES, is_valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def build_ae(config: Config) -> AE:
     association negotiation."""
     ae = AE(ae_title=config.node.ae_title)
     ae.add_supported_context(Verification)
-    for sop_class in sorted(SUPPORTED_SOP_CLASSES):
+    for sop_class in sorted(RADIOGRAPH_SOP_CLASSES):
         ae.add_supported_context(sop_class, list(READABLE_TRANSFER_SYNTAXES))
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
     # ACSE, DIMSE and idle-network timeout: a half-dead peer is dropped after this long.
@@ -121,7 +121,7 @@ def handle_echo(event: Event, associations: AssociationLog | None = None) -> int
     if tally is not None:
         tally.echoes += 1
     log.debug("C-ECHO from %s", event.assoc.requestor.ae_title)
-    return dimse_status.SUCCESS
+    return dimse.SUCCESS
 
 
 def _tally(event: Event, associations: AssociationLog | None) -> AssociationTally | None:
@@ -224,7 +224,7 @@ def handle_store(
     (`read_header`), UIDs valid and matching the request (`checked_uids`), a pixel
     description that can be true (`checked_pixels`), a SOP Instance UID no other study holds
     (`known_elsewhere`). Never raises; every failure is one log line and a named status (see
-    `dimse_status`); the log quotes validated UIDs only, never a raw value or patient data.
+    `pipeline.dicom.dimse`); the log quotes validated UIDs only, never a raw value or patient data.
     With `associations`, the outcome counts in the association's summary and its problem lines
     are bounded (see `dicomnode.association_log`).
     """
@@ -275,19 +275,19 @@ def _store(
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         log.log(level(logging.ERROR), "C-STORE failed, study %s: spool write: %s", study_uid,
                 exc.strerror or exc)  # fmt: skip
-        return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE, study_uid
+        return dimse.OUT_OF_RESOURCES if full else dimse.PROCESSING_FAILURE, study_uid
     except sqlite3.OperationalError as exc:
         # The index's disk is full too: as transient as a full spool (the file is not indexed,
         # the caller sends it again later); other database errors are processing failures.
         full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
         log.log(level(logging.ERROR), "C-STORE failed, study %s: index write: %s", study_uid, exc)
-        return dimse_status.OUT_OF_RESOURCES if full else dimse_status.PROCESSING_FAILURE, study_uid
+        return dimse.OUT_OF_RESOURCES if full else dimse.PROCESSING_FAILURE, study_uid
     except Exception as exc:
         # The exception's message may quote dataset values (patient data): log its type only.
         log.log(level(logging.ERROR), "C-STORE failed, study %s: %s", study_uid,
                 type(exc).__name__)  # fmt: skip
         log.debug("C-STORE failure detail", exc_info=True)
-        return dimse_status.PROCESSING_FAILURE, study_uid
+        return dimse.PROCESSING_FAILURE, study_uid
     log.debug(
         "stored study %s instance %s%s%s",
         study_uid,
@@ -295,4 +295,4 @@ def _store(
         " (duplicate)" if duplicate else "",
         " (our own result)" if ours else "",
     )
-    return dimse_status.SUCCESS, study_uid
+    return dimse.SUCCESS, study_uid

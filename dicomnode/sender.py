@@ -17,17 +17,18 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS
 
-from dicomnode import dimse_status
 from dicomnode.config import Destination
+from pipeline.dicom import dimse
+from pipeline.dicom.uids import UNCOMPRESSED_LITTLE_ENDIAN
 
 LOGGER = logging.getLogger(__name__)
-SENT_STATUSES = frozenset({dimse_status.SUCCESS, *dimse_status.STORE_WARNINGS})
-FALLBACK_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+SENT_STATUSES = frozenset({dimse.SUCCESS, *dimse.STORE_WARNINGS})
+FALLBACK_SYNTAXES = UNCOMPRESSED_LITTLE_ENDIAN
 MAX_CONTEXTS = 128  # PS3.8: presentation context IDs are the odd numbers 1-255
 
 
@@ -50,7 +51,7 @@ class FileOutcome:
         """The outcome for a peer's response status, with `sent` and `reason` derived."""
         meaning = STORAGE_SERVICE_CLASS_STATUS.get(status, ("", "Unknown status"))[1]
         described = f"0x{status:04X} {meaning}"
-        if status == dimse_status.SUCCESS:
+        if status == dimse.SUCCESS:
             reason = ""
         elif status in SENT_STATUSES:
             reason = f"stored with warning {described}"

@@ -13,24 +13,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import secrets
 import shutil
 from pathlib import Path
 
-MAX_UID_LENGTH = 64
-_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+from pipeline.dicom.uids import is_valid_uid
+from pipeline.files import fsync_directory
+
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
-
-
-def is_valid_uid(value: object) -> bool:
-    """True for a PS3.5 9.1 UID: digit components without leading zeros, dots, <= 64 chars."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_UID_LENGTH
-        and _UID.fullmatch(value) is not None
-    )
 
 
 def _check_uid(value: str, what: str) -> None:
@@ -49,14 +40,6 @@ def _mkdir_private(path: Path) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     """Atomic, durable storage of received instances under one root directory."""
 
@@ -68,7 +51,7 @@ class Spool:
         root.mkdir(parents=True, exist_ok=True)
         for directory in (self.incoming, self.instances):
             if _mkdir_private(directory):
-                _fsync_dir(root)
+                fsync_directory(root)
 
     def path(self, study_uid: str, sop_uid: str) -> Path:
         """Where the instance `sop_uid` of `study_uid` lives (ValueError for an invalid UID)."""
@@ -101,13 +84,13 @@ class Spool:
             finally:
                 os.close(fd)
             if _mkdir_private(final.parent):
-                _fsync_dir(self.instances)
+                fsync_directory(self.instances)
             os.replace(temp, final)
         except BaseException:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-        _fsync_dir(final.parent)
+        fsync_directory(final.parent)
         return final
 
     def discard_partial(self) -> int:

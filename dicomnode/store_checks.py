@@ -21,9 +21,9 @@ from pydicom.tag import BaseTag
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from dicomnode import dimse_status
 from dicomnode.index import Index
-from dicomnode.spool import is_valid_uid
+from pipeline.dicom import dimse
+from pipeline.dicom.uids import is_valid_uid
 from pipeline.dicomio import MAX_SIDE
 
 MAX_INFLATED_BYTES = 512 << 20
@@ -129,7 +129,7 @@ def read_header(event: Event) -> Header:
         syntax = event.context.transfer_syntax
         stream = event.encoded_dataset(include_meta=False)
     except Exception as exc:
-        raise Rejected(dimse_status.CANNOT_UNDERSTAND, "dataset cannot be read") from exc
+        raise Rejected(dimse.CANNOT_UNDERSTAND, "dataset cannot be read") from exc
     fp: Any = BytesIO(stream)
     total = len(stream)
     if syntax.is_deflated:
@@ -142,14 +142,14 @@ def read_header(event: Event) -> Header:
         start = fp.tell()
         if (vr is None) != bool(syntax.is_implicit_VR):
             raise Rejected(
-                dimse_status.CANNOT_UNDERSTAND,
+                dimse.CANNOT_UNDERSTAND,
                 f"dataset is not encoded in {'implicit' if syntax.is_implicit_VR else 'explicit'}"
                 f" VR as its transfer syntax {syntax.name} says",
             )
         defined = length != _UNDEFINED_LENGTH
         if defined and start + length > total:
             raise Rejected(
-                dimse_status.CANNOT_UNDERSTAND,
+                dimse.CANNOT_UNDERSTAND,
                 f"dataset is truncated or malformed: element {BaseTag(tag)} says {length} "
                 f"bytes, {total - start} remain",
             )
@@ -169,7 +169,7 @@ def read_header(event: Event) -> Header:
     except Rejected:
         raise
     except Exception as exc:
-        raise Rejected(dimse_status.CANNOT_UNDERSTAND, "dataset cannot be parsed") from exc
+        raise Rejected(dimse.CANNOT_UNDERSTAND, "dataset cannot be parsed") from exc
     return Header(dataset, found[0] if found else None, stream)
 
 
@@ -186,16 +186,16 @@ def _inflated_size(deflated: bytes) -> int:
             total += len(chunk)
             if total > MAX_INFLATED_BYTES:
                 raise Rejected(
-                    dimse_status.OUT_OF_RESOURCES,
+                    dimse.OUT_OF_RESOURCES,
                     f"deflated dataset inflates past {MAX_INFLATED_BYTES >> 20} MiB "
                     f"({len(deflated)} bytes received): a deflate bomb?",
                 )
             if not chunk and not pending:
                 break  # all input consumed before the end of the deflate stream
     except zlib.error as exc:
-        raise Rejected(dimse_status.CANNOT_UNDERSTAND, "deflated data is corrupt") from exc
+        raise Rejected(dimse.CANNOT_UNDERSTAND, "deflated data is corrupt") from exc
     if not inflater.eof:
-        raise Rejected(dimse_status.CANNOT_UNDERSTAND, "deflated data is truncated")
+        raise Rejected(dimse.CANNOT_UNDERSTAND, "deflated data is truncated")
     return total
 
 
@@ -210,18 +210,18 @@ def checked_uids(event: Event, header: Dataset) -> tuple[str, str, str]:
     for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SeriesInstanceUID", "SOPClassUID"):
         value = text_value(header, keyword)
         if not is_valid_uid(value):
-            raise Rejected(dimse_status.CANNOT_UNDERSTAND, f"{keyword} missing or malformed")
+            raise Rejected(dimse.CANNOT_UNDERSTAND, f"{keyword} missing or malformed")
         uids[keyword] = value
     request = cast(C_STORE, event.request)
     requested = str(request.AffectedSOPClassUID)
     if uids["SOPClassUID"] != requested:
         shown = requested if is_valid_uid(requested) else "(invalid)"  # never log raw input
         raise Rejected(
-            dimse_status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+            dimse.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
             f"dataset SOP Class {uids['SOPClassUID']} but request {shown}",
         )
     if uids["SOPInstanceUID"] != str(request.AffectedSOPInstanceUID):
-        raise Rejected(dimse_status.CANNOT_UNDERSTAND, "SOP Instance UID differs from request")
+        raise Rejected(dimse.CANNOT_UNDERSTAND, "SOP Instance UID differs from request")
     return uids["SOPInstanceUID"], uids["SeriesInstanceUID"], uids["SOPClassUID"]
 
 
@@ -247,7 +247,7 @@ def checked_pixels(header: Header, syntax: Any) -> None:
     """
     ds, pixels = header.dataset, header.pixel_data
     if pixels is None:
-        raise Rejected(dimse_status.CANNOT_UNDERSTAND, "dataset has no Pixel Data")
+        raise Rejected(dimse.CANNOT_UNDERSTAND, "dataset has no Pixel Data")
     rows, columns, samples, allocated, stored = (
         _positive_int(ds, keyword)
         for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored")
@@ -256,19 +256,19 @@ def checked_pixels(header: Header, syntax: Any) -> None:
     frames = _positive_int(ds, "NumberOfFrames") if "NumberOfFrames" in ds else 1
     if allocated != 1 and allocated % 8:
         raise Rejected(
-            dimse_status.CANNOT_UNDERSTAND,
+            dimse.CANNOT_UNDERSTAND,
             f"Bits Allocated {allocated} is not 1 or a multiple of 8",
         )
     if stored > allocated or high != stored - 1:
         raise Rejected(
-            dimse_status.CANNOT_UNDERSTAND,
+            dimse.CANNOT_UNDERSTAND,
             f"Bits Allocated/Stored/High Bit ({allocated}/{stored}/{high}) disagree",
         )
     if syntax.is_encapsulated != (pixels.length is None):
         found = "encapsulated Pixel Data (undefined length) in the native"
         if pixels.length is not None:
             found = "native Pixel Data (defined length) in the encapsulated"
-        raise Rejected(dimse_status.CANNOT_UNDERSTAND, f"{found} transfer syntax {syntax.name}")
+        raise Rejected(dimse.CANNOT_UNDERSTAND, f"{found} transfer syntax {syntax.name}")
     if pixels.length is None:
         _check_fragments(header, pixels.value_start)
     else:
@@ -279,13 +279,13 @@ def checked_pixels(header: Header, syntax: Any) -> None:
         # An odd length is padded to even (PS3.5 7.1.1); unpadded, every value is still there.
         if pixels.length not in (expected, expected + expected % 2):
             raise Rejected(
-                dimse_status.CANNOT_UNDERSTAND,
+                dimse.CANNOT_UNDERSTAND,
                 f"Pixel Data holds {pixels.length} bytes but {rows} x {columns} x {samples} "
                 f"samples x {frames} frame(s) at {allocated} bits needs {expected}",
             )
     if rows > MAX_SIDE or columns > MAX_SIDE:
         raise Rejected(
-            dimse_status.OUT_OF_RESOURCES,
+            dimse.OUT_OF_RESOURCES,
             f"{rows} x {columns} pixels exceeds the {MAX_SIDE} px limit per side",
         )
 
@@ -296,14 +296,12 @@ def _check_fragments(header: Header, start: int) -> None:
     stream, position = header.stream, start
     while True:
         if position + 8 > len(stream):
-            raise Rejected(dimse_status.CANNOT_UNDERSTAND, "encapsulated Pixel Data is truncated")
+            raise Rejected(dimse.CANNOT_UNDERSTAND, "encapsulated Pixel Data is truncated")
         group, element, length = struct.unpack_from("<HHL", stream, position)
         if (group, element) == (0xFFFE, 0xE0DD):
             return
         if (group, element) != (0xFFFE, 0xE000) or length == _UNDEFINED_LENGTH:
-            raise Rejected(
-                dimse_status.CANNOT_UNDERSTAND, "encapsulated Pixel Data has a malformed item"
-            )
+            raise Rejected(dimse.CANNOT_UNDERSTAND, "encapsulated Pixel Data has a malformed item")
         position += 8 + length
 
 
@@ -318,7 +316,7 @@ def _positive_int(ds: Dataset, keyword: str, *, minimum: int = 1) -> int:
     elif vr == "IS" and raw.strip(b"\0 ").isdigit():
         value = int(raw.strip(b"\0 "))
     if value < minimum:
-        raise Rejected(dimse_status.CANNOT_UNDERSTAND, f"{keyword} missing or not a number")
+        raise Rejected(dimse.CANNOT_UNDERSTAND, f"{keyword} missing or not a number")
     return value
 
 
@@ -336,7 +334,7 @@ def known_elsewhere(index: Index, sop_uid: str, study_uid: str) -> None:
     known = index.instance(sop_uid)
     if known is not None and known.study_uid != study_uid:
         raise Rejected(
-            dimse_status.CANNOT_UNDERSTAND,
+            dimse.CANNOT_UNDERSTAND,
             f"SOP Instance UID {sop_uid} is already stored in study {known.study_uid}",
         )
 

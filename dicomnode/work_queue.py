@@ -19,36 +19,12 @@ from pathlib import Path
 
 from dicomnode.completeness import CompletenessParams, is_study_complete
 from dicomnode.index import Index, StudyRow
+from dicomnode.migrations import STAGE_BUCKETS, TIMINGS_KEPT_S
 from dicomnode.retry import RetryPolicy, next_attempt_at
+from dicomnode.states import StudyState
 from dicomnode.supervision import AnalysisHealth
 
-_TIMINGS = """
-CREATE TABLE IF NOT EXISTS stage_timings (study_uid TEXT NOT NULL, stage TEXT NOT NULL,
-    seconds REAL NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS stage_timings_at ON stage_timings (at);
-"""
 STAGES = ("receive", "wait", "preprocess", "inference", "report", "send")
-
-_DELIVERIES = """
-CREATE TABLE IF NOT EXISTS deliveries (study_uid TEXT NOT NULL, destination TEXT NOT NULL,
-    files TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, first_failure_at REAL,
-    next_attempt_at REAL NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
-    reason TEXT NOT NULL DEFAULT '', final_state TEXT NOT NULL DEFAULT 'done',
-    PRIMARY KEY (study_uid, destination));
-"""
-# A delivery a worker is attempting right now (see `claim_due`); a separate table, so an existing
-# index needs no migration.
-_LEASES = """
-CREATE TABLE IF NOT EXISTS delivery_leases (study_uid TEXT NOT NULL, destination TEXT NOT NULL,
-    until REAL NOT NULL, PRIMARY KEY (study_uid, destination));
-"""
-# The analysis workers' health as the service's supervisor last saw it (one row), for
-# `dicomnode status`, which runs in another process.
-_ANALYSIS_HEALTH = """
-CREATE TABLE IF NOT EXISTS analysis_health (id INTEGER PRIMARY KEY CHECK (id = 1),
-    state TEXT NOT NULL, reason TEXT NOT NULL, failures INTEGER NOT NULL, since REAL NOT NULL,
-    retry_at REAL);
-"""
 LEASE_EXTRA_MESSAGES = 3
 """Beyond one per file, the exchanges a send may wait for: connect, association, release."""
 
@@ -76,29 +52,30 @@ class Delivery:
     first_failure_at: float | None
 
 
-class WorkQueue(Index):
-    """The index plus the operations of the analysis and sending side."""
+@dataclass(frozen=True)
+class StageHistogram:
+    """One stage's timings since the first: cumulative counts per bucket bound (`STAGE_BUCKETS`,
+    then +Inf), their number and their sum, as a Prometheus histogram wants them."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        with self._transaction() as db:
-            db.execute(_DELIVERIES)
-            db.execute(_LEASES)
-            db.execute(_ANALYSIS_HEALTH)
-            for statement in _TIMINGS.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+    buckets: tuple[tuple[float, int], ...]
+    count: int
+    sum: float
+
+
+class WorkQueue(Index):
+    """The index plus the operations of the analysis and sending side (its tables are made by
+    dicomnode.migrations, like the index's)."""
 
     def promote_complete(self, now: float, params: CompletenessParams) -> list[str]:
         """Move every receiving study that is complete at `now` to 'complete'."""
-        ready = [s.study_uid for s in self.studies_in_state("receiving")
+        ready = [s.study_uid for s in self.studies_in_state(StudyState.RECEIVING)
                  if is_study_complete(s, now, params)]  # fmt: skip
         for uid in ready:
             with self._transaction() as db:
                 db.execute(
-                    "UPDATE studies SET state = 'complete', state_changed_at = ? "
-                    "WHERE study_uid = ? AND state = 'receiving'",
-                    (now, uid),
+                    "UPDATE studies SET state = ?, state_changed_at = ? "
+                    "WHERE study_uid = ? AND state = ?",
+                    (StudyState.COMPLETE, now, uid, StudyState.RECEIVING),
                 )
         return ready
 
@@ -107,15 +84,15 @@ class WorkQueue(Index):
         at = time.time() if now is None else now
         with self._transaction() as db:
             row = db.execute(
-                "SELECT study_uid FROM studies WHERE state = 'complete' "
-                "ORDER BY state_changed_at LIMIT 1"
+                "SELECT study_uid FROM studies WHERE state = ? ORDER BY state_changed_at LIMIT 1",
+                (StudyState.COMPLETE,),
             ).fetchone()
             if row is None:
                 return None
             db.execute(
-                "UPDATE studies SET state = 'analysing', state_changed_at = ?, needs_revision = 0"
+                "UPDATE studies SET state = ?, state_changed_at = ?, needs_revision = 0"
                 " WHERE study_uid = ?",
-                (at, row[0]),
+                (StudyState.ANALYSING, at, row[0]),
             )
         return self.study(row[0])
 
@@ -124,11 +101,12 @@ class WorkQueue(Index):
         mid-send are due again at their time (no worker of the crashed run holds them now)."""
         with self._transaction() as db:
             db.execute("DELETE FROM delivery_leases")
-            cursor = db.execute("UPDATE studies SET state = 'complete' WHERE state = 'analysing'")
+            cursor = db.execute("UPDATE studies SET state = ? WHERE state = ?",
+                                (StudyState.COMPLETE, StudyState.ANALYSING))  # fmt: skip
             return cursor.rowcount
 
     def schedule(self, study_uid: str, destinations: list[str], files: list[Path], now: float,
-                 *, final_state: str = "done", reason: str = "") -> None:  # fmt: skip
+                 *, final_state: str = StudyState.DONE, reason: str = "") -> None:  # fmt: skip
         """Results are on disk: deliver `files` to every destination, starting now; the study
         ends in `final_state` (with `reason`) once all are delivered."""
         listing = "\n".join(str(f) for f in files)
@@ -141,16 +119,17 @@ class WorkQueue(Index):
                     "final_state) VALUES (?, ?, ?, ?, ?)",
                     (study_uid, destination, listing, now, final_state),
                 )
+            state: str
             if destinations:
-                state = "sending"
+                state = StudyState.SENDING
             elif _needs_revision(db, study_uid):
-                state, reason = "receiving", REVISION_REASON
+                state, reason = StudyState.RECEIVING, REVISION_REASON
             else:
                 state, reason = final_state, reason or "no destination"
             db.execute(
                 "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
-                "WHERE study_uid = ? AND state = 'analysing'",
-                (state, reason, now, study_uid),
+                "WHERE study_uid = ? AND state = ?",
+                (state, reason, now, study_uid, StudyState.ANALYSING),
             )
 
     def due(self, now: float) -> list[Delivery]:
@@ -216,47 +195,74 @@ class WorkQueue(Index):
             ).fetchall()
             states = [r[0] for r in rows]
             if all(s != "pending" for s in states):
-                final = rows[0][1] if all(s == "sent" for s in states) else "failed"
+                final = rows[0][1] if all(s == "sent" for s in states) else StudyState.FAILED
                 failed = db.execute(
                     "SELECT destination || ': ' || reason FROM deliveries "
                     "WHERE study_uid = ? AND status = 'failed'", (delivery.study_uid,),
                 ).fetchall()  # fmt: skip
                 if _needs_revision(db, delivery.study_uid):
                     db.execute(
-                        "UPDATE studies SET state = 'receiving', reason = ?, state_changed_at = ? "
-                        "WHERE study_uid = ? AND state = 'sending'",
-                        (REVISION_REASON, now, delivery.study_uid),
+                        "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
+                        "WHERE study_uid = ? AND state = ?",
+                        (
+                            StudyState.RECEIVING,
+                            REVISION_REASON,
+                            now,
+                            delivery.study_uid,
+                            StudyState.SENDING,
+                        ),
                     )
-                elif final == "failed":
+                elif final == StudyState.FAILED:
                     db.execute(
                         "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
-                        "WHERE study_uid = ? AND state = 'sending'",
-                        (final, "; ".join(r[0] for r in failed), now, delivery.study_uid),
+                        "WHERE study_uid = ? AND state = ?",
+                        (
+                            final,
+                            "; ".join(r[0] for r in failed),
+                            now,
+                            delivery.study_uid,
+                            StudyState.SENDING,
+                        ),
                     )
                 else:  # keep the reason given at scheduling (e.g. why out of scope)
                     db.execute(
                         "UPDATE studies SET state = ?, state_changed_at = ? "
-                        "WHERE study_uid = ? AND state = 'sending'",
-                        (final, now, delivery.study_uid),
+                        "WHERE study_uid = ? AND state = ?",
+                        (final, now, delivery.study_uid, StudyState.SENDING),
                     )
         return status
 
     def record_timing(self, study_uid: str, stage: str, seconds: float, at: float) -> None:
-        """One stage's duration for a study (the metrics endpoint's histograms)."""
+        """One stage's duration for a study. The stage histogram counts it (a trigger, see
+        dicomnode.migrations); the per-study row is kept TIMINGS_KEPT_S."""
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         with self._transaction() as db:
             db.execute("INSERT INTO stage_timings VALUES (?, ?, ?, ?)",
                        (study_uid, stage, seconds, at))  # fmt: skip
+            db.execute("DELETE FROM stage_timings WHERE at < ?", (at - TIMINGS_KEPT_S,))
 
     def timings(self, since: float = 0.0) -> list[tuple[str, float]]:
-        """(stage, seconds) recorded since `since`."""
+        """(stage, seconds) per study recorded since `since` (TIMINGS_KEPT_S at most)."""
         rows = self._query("SELECT stage, seconds FROM stage_timings WHERE at >= ?", (since,))
         return [(r[0], float(r[1])) for r in rows]
 
+    def stage_histograms(self) -> dict[str, StageHistogram]:
+        """Every stage's histogram since the first timing; one bounded read (a row per stage
+        and bucket), whatever the number of studies."""
+        rows = self._query("SELECT stage, le, count, seconds FROM stage_histogram")
+        histograms = {}
+        for stage in STAGES:
+            mine = [(float(le), int(n), float(s)) for name, le, n, s in rows if name == stage]
+            cumulative = tuple((bound, sum(n for le, n, _ in mine if le <= bound))
+                               for bound in (*STAGE_BUCKETS, float("inf")))  # fmt: skip
+            histograms[stage] = StageHistogram(cumulative, sum(n for _, n, _ in mine),
+                                               sum(s for _, _, s in mine))  # fmt: skip
+        return histograms
+
     def failure_reasons(self) -> dict[str, int]:
         """Failed studies by the first part of their reason."""
-        rows = self._query("SELECT reason FROM studies WHERE state = 'failed'")
+        rows = self._query("SELECT reason FROM studies WHERE state = ?", (StudyState.FAILED,))
         counts: dict[str, int] = {}
         for (reason,) in rows:
             key = (reason.split(":")[0] or "unknown")[:60]

@@ -36,11 +36,13 @@ from dicomnode.model_check import ModelFault, load_checked, self_test
 from dicomnode.retry import RetryPolicy
 from dicomnode.sender import send_files
 from dicomnode.spool import Spool
+from dicomnode.states import StudyState
 from dicomnode.supervision import AnalysisHealth, RestartPolicy, after_failure, after_running
 from dicomnode.work_queue import Delivery, WorkQueue
 
 if TYPE_CHECKING:  # the receiver imports this module: torch only in the worker processes
-    from pipeline.inference import ModelBundle
+    from dicomnode.drift import DriftMonitor
+    from pipeline.inference import ModelBundle, StudyPrediction
 
 log = logging.getLogger("dicomnode.worker")
 IDLE_SECONDS = 0.25
@@ -51,6 +53,8 @@ MODEL_FAILURE_EXIT_CODE = 78
 DISK_FULL_PAUSE_SECONDS = 10.0
 """How long a worker waits after its disk (results or index) was full before trying again."""
 DISK_FULL_REASON = "disk full while writing results: analysed again when space returns"
+SHADOW_REASON = "shadow mode: results kept, not sent"
+"""What a study analysed in shadow mode ([results] shadow) says, and the workers' log."""
 
 
 class DiskFull(Exception):
@@ -98,9 +102,14 @@ def run_worker(config: Config, stop: EventType, parent: int,
         bundle = load_checked(config.model.bundle)
     except ModelFault as fault:
         _stop_for_model(queue, report, fault)
+    from dicomnode.drift import DriftMonitor, reference_of
+
+    drift = DriftMonitor(config.storage.path, reference_of(config.model.bundle))
     destinations = {destination_key(d): d for d in config.destinations}
+    shadow = config.results.shadow
     policy = retry_policy(config)
-    log.info("worker ready with model %s %s", bundle.info.name, bundle.info.version)
+    log.info("worker ready with model %s %s%s", bundle.info.name, bundle.info.version,
+             f"; {SHADOW_REASON}" if shadow else "")  # fmt: skip
     stranded: set[str] = set()  # claimed, to be put back in the queue (see DiskFull)
     while not stop.is_set() and os.getppid() == parent:
         try:
@@ -111,10 +120,13 @@ def run_worker(config: Config, stop: EventType, parent: int,
                 queue,
                 bundle,
                 results,
-                list(destinations),
+                [] if shadow else list(destinations),
                 report_out_of_scope=config.results.report_out_of_scope,
+                drift=drift,
+                shadow=shadow,
             )
-            worked = deliver_due(queue, destinations, config, policy) or worked
+            if not shadow:  # shadow mode sends nothing, not even what was due before
+                worked = deliver_due(queue, destinations, config, policy) or worked
         except ModelFault as fault:
             _stop_for_model(queue, report, fault)
         except Exception as exc:
@@ -171,8 +183,11 @@ def analyse_next(
     destinations: list[str],
     *,
     report_out_of_scope: bool = False,
+    drift: DriftMonitor | None = None,
+    shadow: bool = False,
 ) -> bool:
-    """Claim and analyse one complete study; False when there was none.
+    """Claim and analyse one complete study; False when there was none. `drift` counts its
+    outcome; in `shadow` mode its results are kept and scheduled nowhere.
 
     A full disk (results or index) puts the study back in the queue, without the results this
     attempt wrote (never sent, they must not become the predecessor of the next SR), and
@@ -185,8 +200,9 @@ def analyse_next(
     folder = results.instances / study.study_uid
     before = set(folder.glob("*.dcm"))
     try:
-        _analyse_claimed(queue, study, bundle, results, destinations,
-                         report_out_of_scope=report_out_of_scope)  # fmt: skip
+        _analyse_claimed(queue, study, bundle, results, [] if shadow else destinations,
+                         report_out_of_scope=report_out_of_scope, drift=drift,
+                         shadow=shadow)  # fmt: skip
     except Exception as exc:
         if not (is_disk_full(exc) or isinstance(exc, ModelFault)):
             raise
@@ -207,7 +223,7 @@ def analyse_next(
 
 def requeue(queue: WorkQueue, study_uid: str) -> None:
     """Put a study whose results did not fit back in the queue, to be analysed again."""
-    queue.set_state(study_uid, "complete", reason=DISK_FULL_REASON)
+    queue.set_state(study_uid, StudyState.COMPLETE, reason=DISK_FULL_REASON)
 
 
 def _analyse_claimed(
@@ -218,6 +234,8 @@ def _analyse_claimed(
     destinations: list[str],
     *,
     report_out_of_scope: bool,
+    drift: DriftMonitor | None = None,
+    shadow: bool = False,
 ) -> None:
     """Analyse a claimed study and schedule its results (or mark it failed or out of scope)."""
     from dicomnode.analysis import analyse_study
@@ -238,10 +256,11 @@ def _analyse_claimed(
             log.error("study %s: analysis failed (%s) and so does the model's self-test: the "
                       "study stays queued", study.study_uid, type(exc).__name__)  # fmt: skip
             log.debug("analysis failure detail", exc_info=exc)
-            queue.set_state(study.study_uid, "complete", reason=f"model failure: {fault}")
+            queue.set_state(study.study_uid, StudyState.COMPLETE, reason=f"model failure: {fault}")
             raise fault from exc
         log.exception("study %s: analysis failed", study.study_uid)
-        queue.set_state(study.study_uid, "failed", reason=f"analysis error: {type(exc).__name__}")
+        queue.set_state(study.study_uid, StudyState.FAILED,
+                        reason=f"analysis error: {type(exc).__name__}")  # fmt: skip
         return
     for stage, seconds in outcome.timings.items():
         queue.record_timing(study.study_uid, stage, seconds, time.time())
@@ -249,11 +268,30 @@ def _analyse_claimed(
         log.info("study %s out of scope: %s", study.study_uid, outcome.reason)
         if outcome.files:  # the "not analysed" report
             queue.schedule(study.study_uid, destinations, list(outcome.files), time.time(),
-                           final_state="out_of_scope", reason=outcome.reason)  # fmt: skip
+                           final_state=StudyState.OUT_OF_SCOPE, reason=outcome.reason)  # fmt: skip
         else:
-            queue.set_state(study.study_uid, "out_of_scope", reason=outcome.reason)
+            queue.set_state(study.study_uid, StudyState.OUT_OF_SCOPE, reason=outcome.reason)
+        _count(drift, study.study_uid, None)
         return
-    queue.schedule(study.study_uid, destinations, list(outcome.files), time.time())
+    queue.schedule(study.study_uid, destinations, list(outcome.files), time.time(),
+                   reason=SHADOW_REASON if shadow else "")  # fmt: skip
+    if shadow:
+        log.info("study %s: %s (%d file(s) in the results spool)", study.study_uid,
+                 SHADOW_REASON, len(outcome.files))  # fmt: skip
+    _count(drift, study.study_uid, outcome.prediction)
+
+
+def _count(drift: DriftMonitor | None, study_uid: str, prediction: StudyPrediction | None) -> None:
+    """Add a study's outcome to the drift statistics; a failure there never fails the study."""
+    if drift is None:
+        return
+    try:
+        if prediction is None:
+            drift.record("not_analysable", None)
+        else:
+            drift.record(prediction.level, prediction.probability)
+    except (sqlite3.Error, OSError) as exc:
+        log.error("study %s: drift statistics not recorded: %s", study_uid, exc)
 
 
 def is_disk_full(exc: BaseException) -> bool:

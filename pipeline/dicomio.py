@@ -20,34 +20,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import UID
 
-CR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
-DX_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.1")
-DX_FOR_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.1.1")
-SECONDARY_CAPTURE = UID("1.2.840.10008.5.1.4.1.1.7")
-
-SUPPORTED_SOP_CLASSES: frozenset[str] = frozenset(
-    {CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, DX_FOR_PROCESSING, SECONDARY_CAPTURE}
-)
+from pipeline.dicom.uids import RADIOGRAPH_SOP_CLASSES, is_valid_uid
 
 MAX_SIDE = 10_000
 """Largest Rows or Columns accepted: no wrist detector is larger; beyond it is an error or abuse."""
-
-READABLE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
-    pydicom.uid.ExplicitVRLittleEndian,
-    pydicom.uid.ImplicitVRLittleEndian,
-    pydicom.uid.ExplicitVRBigEndian,
-    pydicom.uid.DeflatedExplicitVRLittleEndian,
-    pydicom.uid.JPEGBaseline8Bit,
-    pydicom.uid.JPEGExtended12Bit,
-    pydicom.uid.JPEGLossless,
-    pydicom.uid.JPEGLosslessSV1,
-    pydicom.uid.JPEGLSLossless,
-    pydicom.uid.JPEGLSNearLossless,
-    pydicom.uid.JPEG2000Lossless,
-    pydicom.uid.JPEG2000,
-    pydicom.uid.RLELossless,
-)
-"""Every transfer syntax this module decodes (the node accepts exactly these)."""
 
 PREFERRED_DECODERS: dict[str, str] = {
     # The fastest plugin measured per syntax on a 2500x3000 16-bit image (bench/decode.py):
@@ -176,7 +152,7 @@ def _parsed_header(ds: Dataset, where: str) -> str:
         raise CorruptImage(f"instance{where}: the DICOM header is corrupt ({exc})") from exc
     if not uid:
         return "<no SOP Instance UID>"
-    if not UID(uid).is_valid:
+    if not is_valid_uid(uid):
         raise CorruptImage(f"instance{where}: SOP Instance UID {uid[:80]!r} is not a valid UID")
     return uid
 
@@ -210,9 +186,9 @@ def _required_int(ds: Dataset, keyword: str, label: str) -> int:
 def _check_attributes(ds: Dataset, label: str) -> None:
     """Reject what cannot be decoded before spending time (or memory) on the pixel data."""
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class and not UID(sop_class).is_valid:
+    if sop_class and not is_valid_uid(sop_class):
         raise CorruptImage(f"{label}: SOP Class UID {sop_class[:80]!r} is not a valid UID")
-    if sop_class not in SUPPORTED_SOP_CLASSES:
+    if sop_class not in RADIOGRAPH_SOP_CLASSES:
         name = UID(sop_class).name if sop_class else "missing"
         raise UnsupportedImage(
             f"{label}: SOP Class {name} is not a radiograph this product reads "

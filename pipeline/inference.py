@@ -66,6 +66,9 @@ class BundleInfo:
     git_commit: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     format: int = BUNDLE_FORMAT
+    drift_reference: dict[str, Any] = field(default_factory=dict)
+    """Level rates and probability bins on validation data (`pipeline.drift`); empty in older
+    bundles, whose drift the node counts but does not judge."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from train.acceptance_cli import add_accept_command
 from train.fetch import add_fetch_command
 from train.training_cli import add_training_commands
 from train.view_reader.cli import add_view_reader_command
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     preview.set_defaults(run=_preview)
 
     add_fetch_command(commands)
+    add_accept_command(commands)
     add_training_commands(commands)
     add_view_reader_command(commands)
 

@@ -17,7 +17,6 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from pipeline.models import (
     with_test_time_flip,
     without_test_time_flip,
 )
+from pipeline.timestamps import utc_timestamp
 from train.data.datasets import read_views
 from train.evaluate import LoadedModel, fix_calibration, load_model, split_scores
 from train.evaluation.subgroups import SubgroupSpec
@@ -38,6 +38,7 @@ from train.export import (
     INTENDED_USE,
     LIMITATIONS,
     cross_world_section,
+    drift_reference,
     external_section,
     flip_line,
     held_out_metrics,
@@ -136,7 +137,7 @@ def export_ensemble(
         preprocess=first["preprocess"],
         trunk_arch="",
         test_time_flip=test_time_flip,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=utc_timestamp(),
         git_commit=git_commit_of_code(),
         metrics={
             "validation_study_auc": fixed.study_aucs,
@@ -152,6 +153,9 @@ def export_ensemble(
             "members": [_member_summary(i) for i in infos],
             **({"head_refit": refit} if refit is not None else {}),
         },
+        drift_reference=drift_reference(
+            scores, fixed, f"split {calibration_split} of {calibration.name}"
+        ),
     )
     write_info(out, info)
     ModelBundle.load(out)  # refuse to leave a bundle the node could not load

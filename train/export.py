@@ -12,18 +12,27 @@ import json
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.drift import reference_from_probabilities
 from pipeline.inference import BundleInfo, ModelBundle
 from pipeline.models import with_test_time_flip, without_test_time_flip
 from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
+from pipeline.timestamps import utc_timestamp
 from train.data.datasets import read_views
-from train.evaluate import evaluate, fix_calibration, load_model, split_scores
+from train.evaluate import (
+    FixedCalibration,
+    SplitScores,
+    evaluate,
+    fix_calibration,
+    load_model,
+    split_scores,
+)
+from train.evaluation.calibration import apply_temperature
 from train.evaluation.cross_world import cross_world_entry, markdown_cross_world
 from train.evaluation.metrics import HIGH_SENSITIVITY, HIGH_SPECIFICITY, format_rates
 from train.evaluation.subgroups import SubgroupSpec, markdown_subgroups
@@ -77,7 +86,8 @@ def export(
     rows = read_views(dataset, ("val",))
     if len({r.label for r in rows}) < 2:
         raise ValueError(f"{dataset}: the validation split needs fractured and intact studies")
-    fixed = fix_calibration(split_scores(loaded, rows))
+    scores = split_scores(loaded, rows)
+    fixed = fix_calibration(scores)
     out.mkdir(parents=True, exist_ok=True)
     weights: dict[str, Any] = {"model": load_weights(run)}
     if refit is not None:
@@ -103,13 +113,14 @@ def export(
         preprocess=_preprocess_params(dataset, augment),
         trunk_arch=config["arch"],
         test_time_flip=test_time_flip,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        created=utc_timestamp(),
         git_commit=config.get("git_commit", "unknown"),
         metrics={
             "validation_study_auc": fixed.study_aucs,
             "calibration": fixed.recorded(),
             **({"head_refit": refit} if refit is not None else {}),
         },
+        drift_reference=drift_reference(scores, fixed, f"split val of {dataset.name}"),
     )
     write_info(out, info)
     ModelBundle.load(out)  # refuse to leave a bundle the node could not load
@@ -122,6 +133,15 @@ def export(
     if (run / "curves.png").exists():
         shutil.copyfile(run / "curves.png", out / "curves.png")
     return info
+
+
+def drift_reference(scores: SplitScores, fixed: FixedCalibration, source: str) -> dict[str, Any]:
+    """The bundle's `drift_reference` (`pipeline.drift`): level rates and probability bins of
+    its calibrated study probabilities on the data that fixed its calibration, `source`."""
+    method = fixed.aggregation
+    probabilities = apply_temperature(scores.study_logits[method], fixed.study[method].temperature)
+    return reference_from_probabilities([float(p) for p in probabilities], fixed.levels(),
+                                        source=source)  # fmt: skip
 
 
 def flip_line(info: BundleInfo) -> str:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.aggregation import aggregate_studies
+from pipeline.files import atomic_writer
 from pipeline.models import build_aggregator, build_model
 from train.data.augment import AugmentParams, evaluation_transform, training_transform
 from train.data.datasets import (
@@ -380,9 +381,8 @@ def _checkpoint(
 
 
 def _atomic_save(state: dict[str, Any], path: Path) -> None:
-    temp = path.with_suffix(".tmp")
-    torch.save(state, temp)
-    os.replace(temp, path)
+    with atomic_writer(path, mode=0o644) as handle:
+        torch.save(state, handle)
 
 
 def _write_config(run: Path, config: FitConfig, dataset: Path) -> None:

@@ -22,15 +22,15 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 
-from dicomnode import dimse_status
 from dicomnode.association_log import MAX_PROBLEM_LINES, AssociationTally
 from dicomnode.config import Config, with_overrides
 from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.index import Index
 from dicomnode.scp import handle_store, start_server
 from dicomnode.spool import Spool
-from pipeline.dicomio import READABLE_TRANSFER_SYNTAXES as TRANSFER_SYNTAXES
-from pipeline.dicomio import SUPPORTED_SOP_CLASSES
+from pipeline.dicom import dimse
+from pipeline.dicom.uids import RADIOGRAPH_SOP_CLASSES as SUPPORTED_SOP_CLASSES
+from pipeline.dicom.uids import READABLE_TRANSFER_SYNTAXES as TRANSFER_SYNTAXES
 from train.phantoms.archive import generate_archive, read_truth
 from train.phantoms.encoding import TRANSFER_SYNTAXES as PHANTOM_SYNTAXES
 
@@ -220,9 +220,9 @@ class _Exploding:
 
 def test_handler_never_raises(tmp_path: Path) -> None:
     spool, index = Spool(tmp_path), Index(tmp_path / "i.sqlite")
-    assert handle_store(_Exploding(), spool, index) == dimse_status.CANNOT_UNDERSTAND  # type: ignore[arg-type]
+    assert handle_store(_Exploding(), spool, index) == dimse.CANNOT_UNDERSTAND  # type: ignore[arg-type]
     broken = SimpleNamespace(context=_Exploding(), encoded_dataset=_Exploding())
-    assert handle_store(broken, spool, index) == dimse_status.CANNOT_UNDERSTAND  # type: ignore[arg-type]
+    assert handle_store(broken, spool, index) == dimse.CANNOT_UNDERSTAND  # type: ignore[arg-type]
 
 
 def test_handler_statuses(
@@ -231,25 +231,25 @@ def test_handler_statuses(
     spool, index = Spool(tmp_path), Index(tmp_path / "i.sqlite")
     ds = _dataset(archive_files)
     mismatch = _event(ds, sop_class="1.2.840.10008.5.1.4.1.1.4")
-    assert handle_store(mismatch, spool, index) == dimse_status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert handle_store(mismatch, spool, index) == dimse.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     bad = _dataset(archive_files)
     bad.SeriesInstanceUID = "1.2.x"
-    assert handle_store(_event(bad), spool, index) == dimse_status.CANNOT_UNDERSTAND
+    assert handle_store(_event(bad), spool, index) == dimse.CANNOT_UNDERSTAND
 
     def broken_disk(self: Spool, study_uid: str, sop_uid: str, data: bytes) -> Path:
         raise OSError(errno.EIO, "Input/output error")
 
     with monkeypatch.context() as patch:
         patch.setattr(Spool, "store", broken_disk)
-        assert handle_store(_event(ds), spool, index) == dimse_status.PROCESSING_FAILURE
+        assert handle_store(_event(ds), spool, index) == dimse.PROCESSING_FAILURE
     index.close()  # an index that fails after the write: not acknowledged
-    assert handle_store(_event(ds), spool, index) == dimse_status.PROCESSING_FAILURE
+    assert handle_store(_event(ds), spool, index) == dimse.PROCESSING_FAILURE
     fresh = Index(tmp_path / "i2.sqlite")
-    assert handle_store(_event(ds), spool, fresh) == dimse_status.SUCCESS
+    assert handle_store(_event(ds), spool, fresh) == dimse.SUCCESS
     assert fresh.counts()["instances"] == 1
     ds.SeriesDescription = f"{SERIES_DESCRIPTION_PREFIX} - heat map"
     ds.SOPInstanceUID = generate_uid()
-    assert handle_store(_event(ds), spool, fresh) == dimse_status.SUCCESS
+    assert handle_store(_event(ds), spool, fresh) == dimse.SUCCESS
     rows = fresh.instances(ds.StudyInstanceUID, include_ours=True)
     assert [r.ours for r in rows if r.sop_uid == ds.SOPInstanceUID] == [True]
 
@@ -296,11 +296,11 @@ def test_store_problems_are_logged_at_most_ten_times_per_association() -> None:
     tally = AssociationTally("assoc-1", "CR1", "10.0.0.7", opened=100.0, proposed=3)
     levels = [tally.problem_level(logging.WARNING) for _ in range(25)]
     assert levels == [logging.WARNING] * MAX_PROBLEM_LINES + [logging.DEBUG] * 15
-    for status, study in [(dimse_status.SUCCESS, "1.2.1"), (dimse_status.SUCCESS, "1.2.1"),
-                          (dimse_status.WARNING_ELEMENTS_DISCARDED, "1.2.2"),
-                          (dimse_status.CANNOT_UNDERSTAND, "(invalid)"),
-                          (dimse_status.OUT_OF_RESOURCES, "1.2.3"),
-                          (dimse_status.CANNOT_UNDERSTAND, "1.2.3")]:  # fmt: skip
+    for status, study in [(dimse.SUCCESS, "1.2.1"), (dimse.SUCCESS, "1.2.1"),
+                          (dimse.WARNING_ELEMENTS_DISCARDED, "1.2.2"),
+                          (dimse.CANNOT_UNDERSTAND, "(invalid)"),
+                          (dimse.OUT_OF_RESOURCES, "1.2.3"),
+                          (dimse.CANNOT_UNDERSTAND, "1.2.3")]:  # fmt: skip
         tally.record_store(status, study)
     tally.refused.update({"SOP class not served": 1})
     assert tally.summary(released=False, now=102.5) == (
@@ -309,7 +309,7 @@ def test_store_problems_are_logged_at_most_ten_times_per_association() -> None:
         "presentation contexts (SOP class not served: 1)"
     )
     for i in range(7):
-        tally.record_store(dimse_status.SUCCESS, f"1.3.{i}")
+        tally.record_store(dimse.SUCCESS, f"1.3.{i}")
     assert "in 9 studies (1.2.1, 1.2.2, 1.3.0, 1.3.1, 1.3.2 and 4 more)" in tally.summary(
         released=True
     )

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from dicomnode import dimse_status
 from dicomnode.config import Destination
 from dicomnode.retry import RetryPolicy, backoff_delay, next_attempt_at
 from dicomnode.sender import FileOutcome, SendResult, send_files
+from pipeline.dicom import dimse
 
 DAY = 24 * 3600.0
 POLICY = RetryPolicy()
@@ -68,10 +68,10 @@ def test_bad_policies_are_refused(changes: dict[str, float]) -> None:
 @pytest.mark.parametrize(
     "status",
     [
-        dimse_status.OUT_OF_RESOURCES,
-        dimse_status.CANNOT_UNDERSTAND,
-        dimse_status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-        dimse_status.PROCESSING_FAILURE,
+        dimse.OUT_OF_RESOURCES,
+        dimse.CANNOT_UNDERSTAND,
+        dimse.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        dimse.PROCESSING_FAILURE,
     ],
 )
 def test_a_failure_status_is_never_sent(status: int) -> None:
@@ -84,14 +84,14 @@ def test_a_failure_status_is_never_sent(status: int) -> None:
 
 
 def test_out_of_resources_reason_names_the_code_and_its_meaning() -> None:
-    outcome = FileOutcome.from_status(Path("a.dcm"), "1.2.3", dimse_status.OUT_OF_RESOURCES)
+    outcome = FileOutcome.from_status(Path("a.dcm"), "1.2.3", dimse.OUT_OF_RESOURCES)
     assert outcome.reason == "peer returned 0xA700 Refused: Out of Resources"
 
 
 def test_success_and_storage_warnings_are_sent() -> None:
-    success = FileOutcome.from_status(Path("a.dcm"), "1.2.3", dimse_status.SUCCESS)
+    success = FileOutcome.from_status(Path("a.dcm"), "1.2.3", dimse.SUCCESS)
     assert success.sent and success.reason == ""
-    for warning in dimse_status.STORE_WARNINGS:
+    for warning in dimse.STORE_WARNINGS:
         outcome = FileOutcome.from_status(Path("a.dcm"), "1.2.3", warning)
         assert outcome.sent
         assert outcome.reason.startswith(f"stored with warning 0x{warning:04X}")
@@ -104,8 +104,8 @@ def test_a_file_never_sent_cannot_be_sent() -> None:
 
 def test_all_sent_needs_every_outcome_sent() -> None:
     destination = Destination("PACS", "127.0.0.1", 104)
-    ok = FileOutcome.from_status(Path("a.dcm"), "1.2.3", dimse_status.SUCCESS)
-    bad = FileOutcome.from_status(Path("b.dcm"), "1.2.4", dimse_status.OUT_OF_RESOURCES)
+    ok = FileOutcome.from_status(Path("a.dcm"), "1.2.3", dimse.SUCCESS)
+    bad = FileOutcome.from_status(Path("b.dcm"), "1.2.4", dimse.OUT_OF_RESOURCES)
     assert SendResult(destination, (ok, ok), True).all_sent
     assert not SendResult(destination, (ok, bad), True).all_sent
 

@@ -6,6 +6,7 @@ from collections.abc import Generator, Iterator
 
 import pytest
 
+from tests.conftest import require_tool
 from tests.integration.orthanc import OrthancServer, orthanc_available
 
 FAILED_KEY = pytest.StashKey[bool]()
@@ -31,7 +32,7 @@ def orthanc(
     Peers it must know (C-MOVE/C-STORE destinations) are added with `add_modality`.
     """
     if not orthanc_available():
-        pytest.fail("Orthanc is not installed: `make install` installs it (Debian package orthanc)")
+        require_tool("Orthanc")  # fails the test with how to install it
     server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
     with server:
         yield server

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.dicomio import read_radiograph
+from tests.conftest import require_tool
 from train.phantoms.archive import read_truth, write_instance_file
 from train.phantoms.encoding import TRANSFER_SYNTAXES
 from train.phantoms.plan import plan_study
@@ -26,8 +27,11 @@ def _dciodvfy(path: Path, tmp: Path) -> list[str]:
     target = path
     if read_radiograph(path).transfer_syntax_uid == TRANSFER_SYNTAXES["deflated"].uid:
         target = tmp / f"inflated-{path.name}"
-        subprocess.run(["dcmconv", "+te", str(path), str(target)], check=True, timeout=60)
-    result = subprocess.run(["dciodvfy", str(target)], capture_output=True, timeout=60)
+        dcmconv = require_tool("dcmconv")
+        subprocess.run([dcmconv, "+te", str(path), str(target)], check=True, timeout=60)
+    result = subprocess.run(
+        [require_tool("dciodvfy"), str(target)], capture_output=True, timeout=60
+    )
     lines = result.stderr.decode("latin-1").splitlines()
     return [line for line in lines if line.startswith("Error")]
 

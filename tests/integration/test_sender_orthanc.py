@@ -11,9 +11,9 @@ import pydicom
 import pytest
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from dicomnode import dimse_status
 from dicomnode.config import Destination
 from dicomnode.sender import send_files
+from pipeline.dicom import dimse
 from tests.integration.orthanc import OrthancServer, free_port
 from train.phantoms.archive import generate_archive, read_truth
 
@@ -70,7 +70,7 @@ def test_sends_every_file_and_a_resend_is_idempotent(
     result = send_files(destination, files, calling_aet=CALLING_AET, timeout_s=10)
 
     assert result.connected and result.all_sent, result.outcomes
-    assert [o.status for o in result.outcomes] == [dimse_status.SUCCESS] * 3
+    assert [o.status for o in result.outcomes] == [dimse.SUCCESS] * 3
     assert [o.sop_instance_uid for o in result.outcomes] == [r["sop_instance_uid"] for r in rows]
     assert _stored_uids(orthanc) == {r["sop_instance_uid"] for r in rows}
     lines = [r.getMessage() for r in caplog.records if r.name == "dicomnode.sender"]
@@ -145,7 +145,7 @@ def test_a_failure_status_from_a_real_scp_is_recorded_not_sent(
     scp = AE(ae_title="FULLPACS")
     scp.supported_contexts = AllStoragePresentationContexts
     port = free_port()
-    handlers: list[Any] = [(evt.EVT_C_STORE, lambda event: dimse_status.OUT_OF_RESOURCES)]
+    handlers: list[Any] = [(evt.EVT_C_STORE, lambda event: dimse.OUT_OF_RESOURCES)]
     server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
     assert server is not None
     try:
@@ -157,5 +157,5 @@ def test_a_failure_status_from_a_real_scp_is_recorded_not_sent(
 
     assert result.connected and not result.all_sent
     for outcome in result.outcomes:
-        assert outcome.status == dimse_status.OUT_OF_RESOURCES and not outcome.sent
+        assert outcome.status == dimse.OUT_OF_RESOURCES and not outcome.sent
         assert outcome.reason == "peer returned 0xA700 Refused: Out of Resources"

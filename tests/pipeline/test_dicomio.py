@@ -342,6 +342,6 @@ def test_a_broken_header_is_corrupt(tmp_path: Path) -> None:
 
 
 def test_every_syntax_the_archive_writes_is_declared_readable() -> None:
-    from pipeline.dicomio import READABLE_TRANSFER_SYNTAXES
+    from pipeline.dicom.uids import READABLE_TRANSFER_SYNTAXES
 
     assert {spec.uid for spec in TRANSFER_SYNTAXES.values()} == set(READABLE_TRANSFER_SYNTAXES)

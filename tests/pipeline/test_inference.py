@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 
+from pipeline.aggregation import aggregate
 from pipeline.dicomio import read_radiograph
-from pipeline.inference import LEVELS, BundleError, ModelBundle
+from pipeline.inference import BundleError, ModelBundle
+from pipeline.models import without_test_time_flip
+from train.evaluation.metrics import roc_auc
 from train.phantoms.archive import read_truth
 
 DEMO = Path(__file__).resolve().parents[2] / "config" / "models" / "wrist-demo"
@@ -73,38 +77,98 @@ def test_demo_bundle_card_states_its_figures_in_other_worlds() -> None:
     assert f"AUC {projection['auc']:.2f} [{low:.2f}, {high:.2f}]" in card
 
 
-def test_wrist_study_prediction(bundle: ModelBundle, synthetic_archive: Path) -> None:
-    studies = _studies(synthetic_archive)
-    rows = next(r for r in studies.values() if all(x["body_part"] == "wrist" for x in r)
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _wrist_study(archive: Path) -> list[dict[str, str]]:
+    studies = _studies(archive)
+    return next(r for r in studies.values() if all(x["body_part"] == "wrist" for x in r)
                 and len(r) >= 2)  # fmt: skip
+
+
+def test_wrist_study_prediction(bundle: ModelBundle, synthetic_archive: Path) -> None:
+    """The study probability is the calibrated aggregate of the view logits, its level the
+    bundle's thresholds applied to it, and every view carries a normalised heat map."""
+    rows = _wrist_study(synthetic_archive)
     prediction = bundle.predict([read_radiograph(synthetic_archive / r["path"]) for r in rows])
-    assert prediction.in_scope and prediction.level in LEVELS
-    assert 0.0 <= prediction.probability <= 1.0
-    assert len(prediction.views) >= len(rows)
+    info = bundle.info
+    assert prediction.in_scope and len(prediction.views) >= len(rows)
+    assert {v.view.sop_instance_uid for v in prediction.views} == {
+        r["sop_instance_uid"] for r in rows
+    }
     for view in prediction.views:
+        assert view.probability == pytest.approx(_sigmoid(view.logit / info.view_temperature))
         assert view.heatmap is not None and view.heatmap.shape == (512, 341)
-        assert view.heatmap.min() >= 0.0 and view.heatmap.max() <= 1.0
-        assert 0.0 <= view.probability <= 1.0
+        assert view.heatmap.max() == pytest.approx(1.0) and view.heatmap.min() < 0.5
+    raw = aggregate([_sigmoid(v.logit) for v in prediction.views], info.aggregation)
+    raw = min(max(raw, 1e-7), 1 - 1e-7)  # the clamp of pipeline.inference
+    study_logit = math.log(raw / (1 - raw))
+    assert prediction.probability == pytest.approx(
+        _sigmoid(study_logit / info.study_temperature), rel=1e-6, abs=1e-6
+    )
+    expected_level = ("likely" if prediction.probability >= info.thresholds["likely"]
+                      else "possible" if prediction.probability >= info.thresholds["possible"]
+                      else "negative")  # fmt: skip
+    assert prediction.level == expected_level
+    assert f"{len(prediction.views)} view(s) analysed" in prediction.reason
+
+
+def test_a_mirrored_view_gives_the_same_logit(bundle: ModelBundle, synthetic_archive: Path) -> None:
+    """The bundle scores with test-time flip: a left wrist and its mirror image score alike,
+    while the bare model (no flip averaging) does not, so the check has teeth."""
+    assert bundle.info.test_time_flip
+    rows = _wrist_study(synthetic_archive)
+    prediction = bundle.predict([read_radiograph(synthetic_archive / rows[0]["path"])],
+                                heatmaps=False)  # fmt: skip
+    x = bundle.tensor(prediction.views[0].view)
+    mirrored = torch.flip(x, dims=(-1,))
+    bare = without_test_time_flip(bundle.model)
+    with torch.no_grad():
+        logit, logit_of_mirror = float(bundle.model(x)[0]), float(bundle.model(mirrored)[0])
+        bare_logit, bare_logit_of_mirror = float(bare(x)[0]), float(bare(mirrored)[0])
+    assert logit_of_mirror == pytest.approx(logit, abs=1e-4)
+    assert abs(bare_logit_of_mirror - bare_logit) > 1e-3
+    assert logit == pytest.approx(prediction.views[0].logit, abs=1e-5)  # what predict reports
 
 
 def test_fractured_studies_score_higher(bundle: ModelBundle, synthetic_archive: Path) -> None:
-    scores: dict[int, list[float]] = {0: [], 1: []}
+    """On the synthetic archive (a world the demo bundle was trained in): the study ranking
+    separates fractured from intact studies, every obvious fracture is 'likely' and most
+    intact studies are 'negative'."""
+    labels: list[int] = []
+    scores: list[float] = []
+    obvious_levels: list[str] = []
+    intact_levels: list[str] = []
     for rows in _studies(synthetic_archive).values():
         if rows[0]["body_part"] != "wrist":
             continue
         prediction = bundle.predict(
             [read_radiograph(synthetic_archive / r["path"]) for r in rows], heatmaps=False
         )
-        scores[int(rows[0]["study_label"])].append(prediction.probability)
-    assert len(scores[1]) >= 5 and len(scores[0]) >= 20
-    assert np.mean(scores[1]) > np.mean(scores[0])
+        label = int(rows[0]["study_label"])
+        labels.append(label)
+        scores.append(prediction.probability)
+        if label == 0:
+            intact_levels.append(prediction.level)
+        elif not any(r["fracture_subtle"] == "1" for r in rows):
+            obvious_levels.append(prediction.level)
+    assert sum(labels) >= 5 and len(labels) - sum(labels) >= 20
+    assert roc_auc(labels, scores) >= 0.9
+    assert obvious_levels and set(obvious_levels) == {"likely"}
+    assert intact_levels.count("negative") >= 0.8 * len(intact_levels)
 
 
 def test_non_wrist_study_is_out_of_scope(bundle: ModelBundle, synthetic_archive: Path) -> None:
     rows = next(r for r in _studies(synthetic_archive).values() if r[0]["body_part"] != "wrist")
-    prediction = bundle.predict([read_radiograph(synthetic_archive / r["path"]) for r in rows])
+    radiographs = [read_radiograph(synthetic_archive / r["path"]) for r in rows]
+    prediction = bundle.predict(radiographs)
     assert not prediction.in_scope and prediction.views == ()
-    assert "no wrist view" in prediction.reason
+    assert (prediction.probability, prediction.level) == (0.0, "negative")
+    # The reason quotes why the wrist filter refused each instance, not a generic "error".
+    assert prediction.reason.startswith("no wrist view to analyse: ")
+    for instance in prediction.instances:
+        assert instance.wrist.reason and instance.wrist.reason in prediction.reason
 
 
 def test_a_broken_bundle_is_a_clear_error(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from pydicom.uid import (
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, encode_file_meta
 
-from dicomnode import dimse_status
+from pipeline.dicom import dimse
 from pipeline.dicomio import CorruptImage, DicomImageError, UnsupportedImage
 from tests.dicom_factory import set_pixels
 
@@ -51,10 +51,10 @@ CR = ComputedRadiographyImageStorage
 SC = SecondaryCaptureImageStorage
 DX = DigitalXRayImageStorageForPresentation
 
-CANNOT_UNDERSTAND = dimse_status.CANNOT_UNDERSTAND
-MISMATCH = dimse_status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
-OUT_OF_RESOURCES = dimse_status.OUT_OF_RESOURCES
-SUCCESS = dimse_status.SUCCESS
+CANNOT_UNDERSTAND = dimse.CANNOT_UNDERSTAND
+MISMATCH = dimse.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+OUT_OF_RESOURCES = dimse.OUT_OF_RESOURCES
+SUCCESS = dimse.SUCCESS
 
 READABLE = "readable"
 """`Case.read` for an accepted instance that read_radiograph turns into an image."""

@@ -30,18 +30,14 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomnode import dimse_status
 from dicomnode.analysis import analyse_study
 from dicomnode.config import Config, with_overrides
 from dicomnode.index import Index
 from dicomnode.scp import handle_store, start_server
 from dicomnode.spool import Spool
-from pipeline.dicomio import (
-    READABLE_TRANSFER_SYNTAXES,
-    CorruptImage,
-    Radiograph,
-    read_radiograph,
-)
+from pipeline.dicom import dimse
+from pipeline.dicom.uids import READABLE_TRANSFER_SYNTAXES
+from pipeline.dicomio import CorruptImage, Radiograph, read_radiograph
 from pipeline.inference import ModelBundle
 from tests.reliability.bad_inputs import (
     ASSOCIATION_CASES,
@@ -193,10 +189,10 @@ def test_bad_instance(
     with _association(node) as assoc:
         status = _store(assoc, item, tmp_path)
         assert status == case.status, f"{status:#06x} != {case.status:#06x}"
-        assert _store(assoc, control, tmp_path) == dimse_status.SUCCESS  # still serving
+        assert _store(assoc, control, tmp_path) == dimse.SUCCESS  # still serving
     _assert_stored(node, control)
     lines = _node_lines(logs)
-    if case.status == dimse_status.SUCCESS:
+    if case.status == dimse.SUCCESS:
         assert f"stored study {item.study_uid} instance {item.sop_uid}" in lines
         path = _assert_stored(node, item)
         _assert_read(case, path)
@@ -229,7 +225,7 @@ def test_path_separators_write_nothing_outside_the_spool(node: Node, tmp_path: P
     """Case 20's UID, resolved as a path, would land outside instances/: nothing is there."""
     (case,) = [c for c in CASES if c.number == 20]
     with _association(node) as assoc:
-        assert _store(assoc, case.build(), tmp_path) == dimse_status.CANNOT_UNDERSTAND
+        assert _store(assoc, case.build(), tmp_path) == dimse.CANNOT_UNDERSTAND
     escaped = node.spool.instances / "1.2/../../../tmp/x"
     assert not escaped.exists() and not escaped.parent.exists()
 
@@ -251,7 +247,7 @@ def test_unreadable_accepted_instance_is_not_analysed(
     (case,) = [c for c in CASES if c.number == number]
     item = case.build()
     with _association(node) as assoc:
-        assert _store(assoc, item, tmp_path) == dimse_status.SUCCESS  # maybe again: idempotent
+        assert _store(assoc, item, tmp_path) == dimse.SUCCESS  # maybe again: idempotent
     only_bad = [i for i in node.index.instances(item.study_uid) if i.sop_uid == item.sop_uid]
     assert len(only_bad) == 1
     outcome = analyse_study(item.study_uid, only_bad, bundle, Spool(tmp_path / "results"))
@@ -269,8 +265,8 @@ def test_49_same_instance_twice_is_idempotent(
 ) -> None:
     item = sent(image(49))
     with _association(node) as assoc:
-        assert _store(assoc, item, tmp_path) == dimse_status.SUCCESS
-        assert _store(assoc, item, tmp_path) == dimse_status.SUCCESS
+        assert _store(assoc, item, tmp_path) == dimse.SUCCESS
+        assert _store(assoc, item, tmp_path) == dimse.SUCCESS
     _assert_stored(node, item)
     assert [i.sop_uid for i in node.index.instances(item.study_uid)] == [item.sop_uid]
     assert list(node.spool.path(item.study_uid, item.sop_uid).parent.iterdir()) == [
@@ -286,8 +282,8 @@ def test_50_same_uid_other_content_latest_wins(node: Node, tmp_path: Path) -> No
     second = sent(image(50, SeriesDescription="resent, corrected"))
     assert first.payload != second.payload
     with _association(node) as assoc:
-        assert _store(assoc, first, tmp_path) == dimse_status.SUCCESS
-        assert _store(assoc, second, tmp_path) == dimse_status.SUCCESS
+        assert _store(assoc, first, tmp_path) == dimse.SUCCESS
+        assert _store(assoc, second, tmp_path) == dimse.SUCCESS
     path = _assert_stored(node, second)
     assert read_radiograph(path).series_description == "resent, corrected"
     study = node.index.study(second.study_uid)
@@ -302,9 +298,9 @@ def test_51_same_uid_in_another_study_is_refused(
     other = sent(image(51, StudyInstanceUID=uid(51, 100)))
     assert first.sop_uid == other.sop_uid and first.study_uid != other.study_uid
     with _association(node) as assoc:
-        assert _store(assoc, first, tmp_path) == dimse_status.SUCCESS
-        assert _store(assoc, other, tmp_path) == dimse_status.CANNOT_UNDERSTAND
-        assert _store(assoc, good(51), tmp_path) == dimse_status.SUCCESS
+        assert _store(assoc, first, tmp_path) == dimse.SUCCESS
+        assert _store(assoc, other, tmp_path) == dimse.CANNOT_UNDERSTAND
+        assert _store(assoc, good(51), tmp_path) == dimse.SUCCESS
     _assert_stored(node, first)
     assert not node.spool.path(other.study_uid, other.sop_uid).exists()
     assert node.index.study(other.study_uid) is None
@@ -345,7 +341,7 @@ def test_53_unserved_sop_class_context_is_rejected(
         assert len(rejected) == 1 and rejected[0].result == 0x03  # abstract syntax unsupported
         with pytest.raises(ValueError, match="No presentation context for 'MR Image Storage'"):
             _store(assoc, mr, tmp_path)
-        assert _store(assoc, good(53), tmp_path) == dimse_status.SUCCESS
+        assert _store(assoc, good(53), tmp_path) == dimse.SUCCESS
     assert node.index.instance(mr.sop_uid) is None
     assert any("refused: MR Image Storage (SOP class not served)" in line
                for line in _node_lines(logs))  # fmt: skip
@@ -377,7 +373,7 @@ def _closed_by_peer(sock: socket.socket, deadline: float) -> float | None:
 
 def _good_client_stores(node: Node, number: int, folder: Path) -> None:
     with _association(node) as assoc:
-        assert _store(assoc, good(number), folder) == dimse_status.SUCCESS
+        assert _store(assoc, good(number), folder) == dimse.SUCCESS
 
 
 def test_54_half_an_associate_request_is_dropped(
@@ -512,7 +508,7 @@ def test_deflate_bomb_is_refused_in_bounded_memory(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
         index.close()
-    assert status == dimse_status.OUT_OF_RESOURCES
+    assert status == dimse.OUT_OF_RESOURCES
     assert peak < 64 << 20, f"peak {peak >> 20} MiB"
     assert [p for p in spool.instances.rglob("*") if p.is_file()] == []
     print(f"deflate bomb ({len(bomb.payload)} bytes sent) refused in "
@@ -527,7 +523,7 @@ def test_deflated_header_past_the_parsed_prefix_is_stored(node: Node, tmp_path: 
     ds.add_new(0x00090010, "LO", "WRISTAI BIG HEADER")
     item = sent(ds, DeflatedExplicitVRLittleEndian)
     with _association(node) as assoc:
-        assert _store(assoc, item, tmp_path) == dimse_status.SUCCESS
+        assert _store(assoc, item, tmp_path) == dimse.SUCCESS
     assert isinstance(read_radiograph(_assert_stored(node, item)), Radiograph)
 
 

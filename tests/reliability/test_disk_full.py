@@ -26,10 +26,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from dicomnode import dimse_status
 from dicomnode.spool import Spool
 from dicomnode.work_queue import WorkQueue
 from dicomnode.worker import DISK_FULL_REASON, DiskFull, analyse_next, is_disk_full, requeue
+from pipeline.dicom import dimse
 from pipeline.inference import ModelBundle
 from tests.integration.node_process import MODEL as DEMO_MODEL
 from tests.integration.node_process import NodeProcess
@@ -129,7 +129,7 @@ def send(node: NodeProcess, mount: Path, sources: list[Dataset], *, study_uid: s
             responses.append(Response(study_uid, str(ds.SOPInstanceUID), int(rsp.Status),
                                       shutil.disk_usage(mount).free))  # fmt: skip
             tail = [r.status for r in responses[-stop_after_refusals:]]
-            if len(tail) == stop_after_refusals and dimse_status.SUCCESS not in tail:
+            if len(tail) == stop_after_refusals and dimse.SUCCESS not in tail:
                 break
     finally:
         assoc.release()
@@ -167,7 +167,7 @@ def assert_node_healthy(node: NodeProcess) -> None:
 def assert_acknowledged_instances_kept(node: NodeProcess, responses: list[Response]) -> None:
     """Every instance answered Success is in the spool, readable, and in the index."""
     for r in responses:
-        if r.status != dimse_status.SUCCESS:
+        if r.status != dimse.SUCCESS:
             continue
         path = node.storage / "spool" / "instances" / r.study_uid / f"{r.sop_uid}.dcm"
         assert pydicom.dcmread(path).SOPInstanceUID == r.sop_uid
@@ -180,7 +180,7 @@ def recover(node: NodeProcess, mount: Path, filler: Path, sources: list[Dataset]
     pid = node.process.pid if node.process else None
     filler.unlink()
     after = send(node, mount, sources[:1], study_uid=generate_uid(), count=1)
-    assert [r.status for r in after] == [dimse_status.SUCCESS]
+    assert [r.status for r in after] == [dimse.SUCCESS]
     assert node.process is not None and node.process.pid == pid  # recovered, not restarted
     wait_for(lambda: set(states(node).values()) <= {"done", "out_of_scope"},
              "every study to be analysed", node)  # fmt: skip
@@ -200,20 +200,20 @@ def test_stores_are_refused_with_a700_above_the_watermark_and_resume_when_space_
     responses = send(node, small_fs, sources, study_uid=generate_uid(), count=30)
 
     statuses = [r.status for r in responses]
-    accepted = statuses.count(dimse_status.SUCCESS)
-    refusals = [r for r in responses if r.status != dimse_status.SUCCESS]
+    accepted = statuses.count(dimse.SUCCESS)
+    refusals = [r for r in responses if r.status != dimse.SUCCESS]
     assert accepted >= 5 and len(refusals) == 3, statuses
-    assert {r.status for r in refusals} == {dimse_status.OUT_OF_RESOURCES}
+    assert {r.status for r in refusals} == {dimse.OUT_OF_RESOURCES}
     # Refused before the disk is full: at each refusal the watermark is (all but) still free.
     assert min(r.free_bytes for r in refusals) >= 0.9 * watermark, refusals
-    assert statuses.index(dimse_status.OUT_OF_RESOURCES) == accepted  # no success after one
+    assert statuses.index(dimse.OUT_OF_RESOURCES) == accepted  # no success after one
     print(f"watermark {watermark} B: {accepted} accepted, then A700 with "
           f"{min(r.free_bytes for r in refusals)} B free at the lowest refusal")  # fmt: skip
     assert_node_healthy(node)
     assert_acknowledged_instances_kept(node, responses)
     # A new association is admitted and refused the same way while the disk stays full.
     again = send(node, small_fs, sources, study_uid=generate_uid(), count=1)
-    assert [r.status for r in again] == [dimse_status.OUT_OF_RESOURCES]
+    assert [r.status for r in again] == [dimse.OUT_OF_RESOURCES]
 
     # The worker's results stop at half the watermark: the study goes back to the queue.
     wait_for(lambda: DISK_FULL_REASON in node.log(), "the worker to find its disk full", node)
@@ -241,10 +241,10 @@ def test_a_disk_that_really_fills_gives_a700_and_the_node_survives(
     responses = send(node, small_fs, sources, study_uid=generate_uid(), count=15)
 
     statuses = [r.status for r in responses]
-    accepted = statuses.count(dimse_status.SUCCESS)
+    accepted = statuses.count(dimse.SUCCESS)
     assert accepted >= 2 and len(statuses) - accepted == 3, statuses
-    assert set(statuses) == {dimse_status.SUCCESS, dimse_status.OUT_OF_RESOURCES}, statuses
-    lowest = min(r.free_bytes for r in responses if r.status != dimse_status.SUCCESS)
+    assert set(statuses) == {dimse.SUCCESS, dimse.OUT_OF_RESOURCES}, statuses
+    lowest = min(r.free_bytes for r in responses if r.status != dimse.SUCCESS)
     print(f"no watermark: {accepted} accepted, then A700 with {lowest} B free")
     assert lowest < 500_000
     assert_node_healthy(node)

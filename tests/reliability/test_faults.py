@@ -31,11 +31,11 @@ from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 
-from dicomnode import dimse_status
 from dicomnode.audit import read_events
 from dicomnode.completeness import CompletenessParams
 from dicomnode.retry import RetryPolicy
 from dicomnode.work_queue import WorkQueue
+from pipeline.dicom import dimse
 from tests.integration.node_process import NodeProcess
 from tests.integration.orthanc import OrthancServer, free_ports, orthanc_available
 from train.phantoms.archive import generate_archive, read_truth
@@ -427,7 +427,7 @@ class StallingPacs:
             self._release.wait(self._limit)
         with self._lock:
             self.received.append(uid)
-        return dimse_status.SUCCESS
+        return dimse.SUCCESS
 
     def recover(self) -> None:
         """Answer the stalled requests and every later one at once."""

@@ -39,10 +39,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from dicomnode import dimse_status
 from dicomnode.index import Index
 from dicomnode.scp import handle_store
 from dicomnode.spool import Spool
+from pipeline.dicom import dimse
 from pipeline.dicomio import CorruptImage, Radiograph, UnsupportedImage, read_radiograph
 from tests.reliability.bad_inputs import (
     Sent,
@@ -61,10 +61,10 @@ EXAMPLES = 600
 example alone, more while other work shares the machine)."""
 
 KNOWN_STATUSES = {
-    dimse_status.SUCCESS,
-    dimse_status.CANNOT_UNDERSTAND,
-    dimse_status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-    dimse_status.OUT_OF_RESOURCES,
+    dimse.SUCCESS,
+    dimse.CANNOT_UNDERSTAND,
+    dimse.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    dimse.OUT_OF_RESOURCES,
 }
 
 FUZZ_SETTINGS = settings(
@@ -111,7 +111,7 @@ def _check_store_and_read(base: Sent, payload: bytes) -> None:
             assert status in KNOWN_STATUSES, f"status {status:#06x}"
             row = index.instance(base.sop_uid)
             stored = [p for p in spool.instances.rglob("*") if p.is_file()]
-            if status == dimse_status.SUCCESS:
+            if status == dimse.SUCCESS:
                 assert row is not None and stored == [row.path]
                 assert row.path.read_bytes() == event.encoded_dataset()
             else:

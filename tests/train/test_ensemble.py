@@ -13,6 +13,7 @@ import torch
 
 import train.export
 from pipeline.dicomio import Radiograph, read_radiograph
+from pipeline.drift import DriftReference
 from pipeline.gradcam import grad_cam_batch
 from pipeline.inference import BundleError, ModelBundle
 from pipeline.models import (
@@ -84,6 +85,10 @@ def test_ensemble_bundle_is_calibrated_on_its_own_data_and_runs_in_the_node(
     data = info.metrics["calibration_data"]
     assert (data["dataset"], data["split"], data["studies"]) == (calibration_data.name, "all", 30)
     assert [m["arch"] for m in info.metrics["members"]] == ["rx_lite_bn", "resnet18_slim"]
+    # The node's drift monitor compares production with the calibration data's outputs.
+    reference = DriftReference.from_dict(info.drift_reference)
+    assert (reference.source, reference.n_studies) == (f"split all of {calibration_data.name}", 30)
+    assert json.loads((out / "model.json").read_text())["drift_reference"] == info.drift_reference
     assert info.metrics["external_test"]["dataset"] == "external"
     card = (out / "MODEL_CARD.md").read_text()
     assert "Not for clinical use" in card and "ensemble of 2 single-view models" in card

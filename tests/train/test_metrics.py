@@ -6,6 +6,9 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as sklearn_metrics
 
 from pipeline.aggregation import AGGREGATIONS, aggregate, aggregate_studies
 from train.evaluation.calibration import (
@@ -422,3 +425,104 @@ def test_format_rates_with_and_without_recorded_intervals() -> None:
     # Reports recorded before the intervals existed (older bundles' model.json) still render.
     older = {"threshold": 0.3, "sensitivity": 0.9, "specificity": 0.943}
     assert format_rates(older) == "0.900 / 0.943"
+
+
+# -- ROC and AUC against scikit-learn as the oracle ------------------------------------------
+
+
+@st.composite
+def _scored_samples(
+    draw: st.DrawFn, *, weighted: bool, zero_weights: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Labels with both classes, scores with many ties (a few distinct values, or any floats),
+    and optionally sample weights (some zero, when allowed)."""
+    n = draw(st.integers(2, 40))
+    labels = draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))
+    positive, negative = draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2, unique=True))
+    labels[positive], labels[negative] = 1, 0
+    pool = draw(
+        st.one_of(
+            st.lists(st.integers(0, 4).map(float), min_size=1, max_size=5),  # heavy ties
+            st.just([]),
+        )
+    )
+    element = st.sampled_from(pool) if pool else st.floats(-1e3, 1e3, allow_nan=False)
+    scores = draw(st.lists(element, min_size=n, max_size=n))
+    weights = None
+    if weighted:
+        low = 0.0 if zero_weights else 0.05
+        weights = draw(st.lists(st.floats(low, 10.0), min_size=n, max_size=n))
+        y = np.asarray(labels, bool)
+        w = np.asarray(weights)
+        assume(w[y].sum() > 1e-3 and w[~y].sum() > 1e-3)
+    return (
+        np.asarray(labels),
+        np.asarray(scores, dtype=np.float64),
+        None if weights is None else np.asarray(weights, dtype=np.float64),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_scored_samples(weighted=False))
+def test_roc_auc_matches_scikit_learn(sample: tuple[np.ndarray, np.ndarray, None]) -> None:
+    labels, scores, _ = sample
+    assert roc_auc(labels, scores) == pytest.approx(
+        sklearn_metrics.roc_auc_score(labels, scores), rel=1e-12, abs=1e-12
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(_scored_samples(weighted=True))
+def test_weighted_roc_auc_matches_scikit_learn(
+    sample: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    labels, scores, weights = sample
+    expected = sklearn_metrics.roc_auc_score(labels, scores, sample_weight=weights)
+    assert roc_auc(labels, scores, sample_weight=weights) == pytest.approx(
+        expected, rel=1e-9, abs=1e-9
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(_scored_samples(weighted=False), _scored_samples(weighted=True, zero_weights=False))
+)
+def test_roc_curve_matches_scikit_learn(
+    sample: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+) -> None:
+    # scikit-learn drops the samples of zero weight from the curve; we keep their threshold
+    # (a repeated point), so zero weights are compared through the AUC only.
+    labels, scores, weights = sample
+    fpr, tpr, thresholds = roc_curve(labels, scores, sample_weight=weights)
+    want_fpr, want_tpr, want_thresholds = sklearn_metrics.roc_curve(
+        labels, scores, sample_weight=weights, drop_intermediate=False
+    )
+    assert thresholds[0] == np.inf and want_thresholds[0] == np.inf
+    np.testing.assert_array_equal(thresholds, want_thresholds)
+    np.testing.assert_allclose(fpr, want_fpr, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(tpr, want_tpr, rtol=1e-9, atol=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_scored_samples(weighted=False), st.data())
+def test_integer_weights_are_repeated_samples_and_zero_weights_are_absent(
+    sample: tuple[np.ndarray, np.ndarray, None], data: st.DataObject
+) -> None:
+    labels, scores, _ = sample
+    counts = np.asarray(
+        data.draw(st.lists(st.integers(0, 3), min_size=labels.size, max_size=labels.size))
+    )
+    kept = np.repeat(np.arange(labels.size), counts)
+    assume(0 < labels[kept].sum() < kept.size)
+    assert roc_auc(labels, scores, sample_weight=counts) == pytest.approx(
+        roc_auc(labels[kept], scores[kept]), rel=1e-12
+    )
+
+
+def test_sample_weights_are_validated() -> None:
+    with pytest.raises(ValueError, match="must not be negative"):
+        roc_auc(HAND_LABELS, HAND_SCORES, sample_weight=[1, 1, 1, 1, 1, -1])
+    with pytest.raises(ValueError, match="both classes a positive total weight"):
+        roc_auc(HAND_LABELS, HAND_SCORES, sample_weight=[1, 1, 0, 0, 1, 0])
+    with pytest.raises(ValueError, match=r"sample_weight must have shape \(6,\)"):
+        roc_curve(HAND_LABELS, HAND_SCORES, sample_weight=[1, 1])

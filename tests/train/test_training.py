@@ -152,6 +152,8 @@ def test_exported_bundle_reloads_and_predicts_identically(
     assert (bundle_dir / "MODEL_CARD.md").read_text().count("synthetic") >= 1
     assert (bundle_dir / "curves.png").read_bytes() == (tiny_run / "curves.png").read_bytes()
     assert 0 <= info.thresholds["possible"] <= info.thresholds["likely"] <= 1
+    assert info.drift_reference["source"].startswith("split val of ")
+    assert sum(info.drift_reference["bin_fractions"]) == pytest.approx(1.0)
     first, second = ModelBundle.load(bundle_dir), ModelBundle.load(bundle_dir)
     paths = sorted((synthetic_archive / "dicom").rglob("*.dcm"))[:6]
     radiographs = []

@@ -16,9 +16,8 @@ in shard K, so N machines can share an archive). Layout of the output:
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import numpy as np
 import pydicom
 
 from pipeline.dicomio import CorruptImage, DicomImageError, read_radiograph
+from pipeline.files import atomic_write_text
 from pipeline.preprocess.params_io import params_to_dict
 from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
 from train.dataset.records import view_record, write_png
@@ -121,7 +121,7 @@ def prepare(
             _prepare_study(item)
             if progress:
                 progress(1)
-    _atomic_text(out / "preprocess.json", json.dumps(params_to_dict(params), indent=2) + "\n")
+    atomic_write_text(out / "preprocess.json", json.dumps(params_to_dict(params), indent=2) + "\n")
     views, study_rejections = _merge(out)
     all_rejected = rejected + study_rejections
     _write_csv(out / "rejected.csv", REJECTED_COLUMNS, all_rejected)
@@ -346,7 +346,7 @@ def _write_stats(out: Path, views: list[dict[str, str]], rejected: list[dict[str
         "rejected": len(rejected),
         "source_long_side_histogram": {"edges": edges, "counts": histogram.tolist()},
     }  # fmt: skip
-    _atomic_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
     _plot_sizes(out / "sizes.png", views)
 
 
@@ -377,17 +377,8 @@ def _study_csv(out: Path, study_uid: str) -> Path:
 
 
 def _write_csv(path: Path, columns: Iterable[str], rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".csv")
-    with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
-    os.replace(temp, path)
+    stream = io.StringIO(newline="")
+    writer = csv.DictWriter(stream, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, stream.getvalue())

@@ -7,29 +7,21 @@ radiograph, while 16-bit PNGs would double the dataset for no information the mo
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from pipeline.files import atomic_writer
 from pipeline.preprocess.study import PreprocessedInstance, View
 
 
 def write_png(pixels: np.ndarray, path: Path) -> None:
-    """Write a [0, 1] float image as an 8-bit PNG, atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a [0, 1] float image as an 8-bit PNG, atomically and durably."""
     image = Image.fromarray(np.clip(pixels * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".png")
-    os.close(handle)
-    try:
-        image.save(temp, format="PNG")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path) as handle:
+        image.save(handle, format="PNG")
 
 
 def read_png(path: Path) -> np.ndarray:

@@ -60,28 +60,45 @@ def _validated(labels: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[BoolArray,
     return y, s
 
 
-def _roc_counts(y: BoolArray, s: FloatArray) -> tuple[IntArray, IntArray, FloatArray]:
-    """False and true positive counts at +inf and then at every distinct score, descending."""
+def _as_weights(sample_weight: npt.ArrayLike | None, y: BoolArray) -> FloatArray:
+    """Sample weights (ones when None); both classes must keep a positive total weight."""
+    if sample_weight is None:
+        return np.ones(y.size)
+    w = _as_scores(sample_weight, y.size, "sample_weight")
+    if (w < 0).any():
+        raise ValueError("sample_weight must not be negative")
+    if not (w[y].sum() > 0 and w[~y].sum() > 0):
+        raise ValueError("sample_weight must give both classes a positive total weight")
+    return w
+
+
+def _roc_counts(
+    y: BoolArray, s: FloatArray, w: FloatArray | None = None
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """False and true positive counts (sums of weights, if given) at +inf and then at every
+    distinct score, descending."""
     order = np.argsort(-s, kind="mergesort")
     s_sorted = s[order]
+    w_sorted = np.ones(y.size) if w is None else w[order]
     # Last index of every run of equal scores: the curve only has a point after a whole tie.
     ends = np.append(np.flatnonzero(np.diff(s_sorted) != 0), s_sorted.size - 1)
-    tp = np.concatenate(([0], np.cumsum(y[order])[ends]))
-    fp = np.concatenate(([0], ends + 1)) - tp
+    tp = np.concatenate(([0.0], np.cumsum(w_sorted * y[order])[ends]))
+    fp = np.concatenate(([0.0], np.cumsum(w_sorted * ~y[order])[ends]))
     thresholds = np.concatenate(([np.inf], s_sorted[ends]))
     return fp, tp, thresholds
 
 
 def roc_curve(
-    labels: npt.ArrayLike, scores: npt.ArrayLike
+    labels: npt.ArrayLike, scores: npt.ArrayLike, *, sample_weight: npt.ArrayLike | None = None
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """ROC curve: (fpr, tpr, thresholds), thresholds descending.
 
     The first point is (0, 0) at threshold +inf; then one point per distinct score, so tied
-    scores move the curve diagonally instead of in an order-dependent staircase.
+    scores move the curve diagonally instead of in an order-dependent staircase. With
+    ``sample_weight`` the rates are weighted fractions of each class.
     """
     y, s = _validated(labels, scores)
-    fp, tp, thresholds = _roc_counts(y, s)
+    fp, tp, thresholds = _roc_counts(y, s, _as_weights(sample_weight, y))
     return fp / fp[-1], tp / tp[-1], thresholds
 
 
@@ -105,12 +122,15 @@ def _weighted_auc(
     return auc
 
 
-def roc_auc(labels: npt.ArrayLike, scores: npt.ArrayLike) -> float:
-    """AUC as P(positive scores higher) + P(tie) / 2 (Mann-Whitney); ValueError if one class."""
+def roc_auc(
+    labels: npt.ArrayLike, scores: npt.ArrayLike, *, sample_weight: npt.ArrayLike | None = None
+) -> float:
+    """AUC as P(positive scores higher) + P(tie) / 2 (Mann-Whitney), each pair weighted by the
+    product of its samples' weights when ``sample_weight`` is given; ValueError if one class."""
     y, s = _validated(labels, scores)
+    weights = _as_weights(sample_weight, y)[None, :]
     values, value_index = np.unique(s, return_inverse=True)
-    ones = np.ones((1, y.size))
-    return float(_weighted_auc(ones, y, value_index.ravel(), values.size)[0])
+    return float(_weighted_auc(weights, y, value_index.ravel(), values.size)[0])
 
 
 def bootstrap_auc_ci(

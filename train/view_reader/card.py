@@ -7,13 +7,13 @@ model.json is the record; the card is rendered from it again whenever figures ar
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.models.view_net import THUMBNAIL_SIDE
+from pipeline.timestamps import utc_timestamp
 from train.fit import git_commit_of_code
 from train.view_reader import sampling
 from train.view_reader.data import DATA_VERSION, SIZE
@@ -61,7 +61,7 @@ def write_run(
         "tests": {},
         "leave_one_world_out": [],
         "git_commit": git_commit_of_code(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "created": utc_timestamp(),
     }
     save_record(out, info)
     plot_curves(out / "curves.png", result.history)

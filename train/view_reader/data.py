@@ -7,7 +7,6 @@ them), 16 KB each, so a few thousand per world fit in memory.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.files import atomic_writer
 from train.view_reader.sampling import Sample, check_world, draw_sample
 
 DATA_VERSION = 1
@@ -127,9 +127,7 @@ def load_or_draw(
                 return SampleSet(**{name: stored[name] for name in names})
     samples = draw_set(world, seed, n, workers=workers, progress=progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
         columns = {f.name: getattr(samples, f.name) for f in fields(SampleSet)}
-        np.savez_compressed(partial, key=np.array(key), **columns)
-        partial.replace(path)  # atomic: a reader never sees half a cache
+        with atomic_writer(path, mode=0o644) as handle:  # a reader never sees half a cache
+            np.savez_compressed(handle, key=np.array(key), **columns)
     return samples

@@ -1,6 +1,11 @@
-"""DIMSE status codes the node returns (PS3.7 Annex C). The one place they are spelt in hex."""
+"""DIMSE status codes (PS3.7 Annex C, PS3.4 B.2.3 and C.4): the one place they are spelt in hex."""
 
 SUCCESS = 0x0000
+
+# C-FIND/C-GET responses still to come (PS3.4 C.4.1.1.4, C.4.3.1.4).
+PENDING = 0xFF00
+PENDING_WITH_WARNINGS = 0xFF01
+PENDING_STATUSES = frozenset({PENDING, PENDING_WITH_WARNINGS})
 
 # C-STORE warnings (PS3.4 Table B.2-1): the peer stored the instance, so the SCU counts it sent.
 WARNING_COERCION_OF_DATA_ELEMENTS = 0xB000
