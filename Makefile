@@ -29,13 +29,16 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 # Real peers the tests talk to: dcmtk (storescu, echoscu, dcmcjpeg), Orthanc, dicom3tools
-# (dciodvfy), systemd-analyze (the unit file).
+# (dciodvfy), systemd-analyze (the unit file), PixelMed's DicomSRValidator (the IHE AI Results
+# SR validator) and a headless JRE to run it.
 debian-tools:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
 	command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	command -v dciodvfy >/dev/null || missing="$$missing dicom3tools"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	[ -f /usr/share/java/pixelmed.jar ] || missing="$$missing libpixelmed-java"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

@@ -69,13 +69,18 @@ class DriftStore:
     """The per-day counts in their own SQLite file; safe to use from several processes."""
 
     def __init__(self, path: Path) -> None:
+        # Nothing touches the disk here: a node restarting on a full disk must still start (the
+        # statistics are an observation, never a reason to refuse studies).
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.executescript("PRAGMA journal_mode=WAL;" + _SCHEMA)
+        self._ready = False
 
     def _connect(self) -> sqlite3.Connection:
         # One connection per call: the HTTP server's threads and the workers all read and write.
+        if not self._ready:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with closing(sqlite3.connect(self.path, timeout=30, isolation_level=None)) as db:
+                db.executescript("PRAGMA journal_mode=WAL;" + _SCHEMA)
+            self._ready = True
         return sqlite3.connect(self.path, timeout=30, isolation_level=None)
 
     def record(self, outcome: str, probability: float | None, at: float) -> None:
@@ -234,9 +239,14 @@ class DriftMonitor:
         """Today's and the last 7 days' figures against the reference."""
         at = time.time() if now is None else now
         day = utc_day(at)
-        checks = tuple(
-            check_window(name, self.store.tally(utc_day(at - (days - 1) * 86400), day),
-                         self.reference)
-            for name, days in WINDOWS
-        )  # fmt: skip
+        try:
+            checks = tuple(
+                check_window(name, self.store.tally(utc_day(at - (days - 1) * 86400), day),
+                             self.reference)
+                for name, days in WINDOWS
+            )  # fmt: skip
+        except (sqlite3.Error, OSError) as exc:
+            # A full or failing disk: no figures (nothing judged) rather than a failing /healthz.
+            log.warning("drift statistics unreadable (%s): %s", self.store.path, exc)
+            checks = ()
         return DriftReport(day, self.reference, checks)

@@ -4,6 +4,6 @@ routing sends them back (the loop guard) and so radiologists see where a result 
 MANUFACTURER = "wristai"
 MODEL_NAME = "wristai dicomnode"
 SERIES_DESCRIPTION_PREFIX = "AI decision support"
-DISCLAIMER = "NOT FOR DIAGNOSTIC USE - decision support"
+DISCLAIMER = "NOT FOR DIAGNOSTIC USE"
 RESULT_UID_NAMESPACE = "wristai-result"
 """Seed of the deterministic result UIDs (see dicomnode.reports.uids)."""

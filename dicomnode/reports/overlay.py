@@ -89,10 +89,12 @@ def _fitting_font(text: str, size: int, width: int) -> ImageFont.FreeTypeFont:
 
 
 def draw_banner(rgb: np.ndarray, headline: str, lines: Sequence[str]) -> np.ndarray:
-    """A black strip across the top with `headline` in yellow and `lines` in white below.
+    """`rgb` below a black strip added above it, with `headline` in yellow and `lines` in white.
 
-    The font scales with the image (about 6 % of its height for the strip) and shrinks further
-    only where a line would not fit the width; the strip grows to hold every line.
+    The strip is added, not painted over the image, so it never hides anatomy (fingers lie at the
+    top of a wrist radiograph); the image's own rows follow it unchanged. The font scales with
+    the image (about 6 % of its height for the strip) and shrinks further only where a line would
+    not fit the width; the strip grows to hold every line.
     """
     height, width = rgb.shape[:2]
     margin = max(2, width // 100)
@@ -100,14 +102,13 @@ def draw_banner(rgb: np.ndarray, headline: str, lines: Sequence[str]) -> np.ndar
     fonts = [_fitting_font(headline, round(size * 1.2), width - 2 * margin)]
     fonts += [_fitting_font(line, size, width - 2 * margin) for line in lines]
     steps = [round(font.size * 1.2) for font in fonts]
-    banner = min(height, sum(steps) + 2 * margin)
-    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    strip = np.zeros((sum(steps) + 2 * margin, width, 3), dtype=np.uint8)
+    image = Image.fromarray(strip)
     draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, width - 1, banner - 1), fill=(0, 0, 0))
     y = margin
     for text, font, step, colour in zip(
         [headline, *lines], fonts, steps, [YELLOW] + [WHITE] * len(lines), strict=True
     ):
         draw.text((margin, y), text, font=font, fill=colour)
         y += step
-    return np.asarray(image)
+    return np.concatenate([np.asarray(image), np.asarray(rgb, dtype=np.uint8)], axis=0)

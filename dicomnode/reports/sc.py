@@ -44,7 +44,7 @@ def build_sc(
     extra_views: Sequence[ViewPrediction] = (),
 ) -> Dataset:
     """An RGB Secondary Capture of `source` with the heat maps of `view` and `extra_views`
-    (other parts of the same image) and a result banner.
+    (other parts of the same image), below a result banner strip added above the image.
 
     `source_pixels` are the display pixels of the source (`read_radiograph(...).pixels`).
     """
@@ -86,7 +86,7 @@ def build_sc(
         laterality=_laterality(source),
         patient_orientation=orientation or ("A", "F"),
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=series_description(),
+        series_description=series_description("sc"),
         manufacturer_model_name=MODEL_NAME,
         software_versions=version,
         institution_name=context.institution or None,

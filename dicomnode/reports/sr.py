@@ -1,14 +1,19 @@
 """The study's Structured Report: a TID 1500 Measurement Report made with highdicom.
 
 Codes, and why:
-- Procedure reported: SCT 168537006 "Plain radiography" (CID 10005): no context group has a
-  generic wrist radiography procedure and LOINC/RadLex wrist codes fix a number of views; the
-  anatomy is each group's finding site, SCT 74670003 "Wrist joint" (CID 4009/4031).
-- Finding type and presence: SCT 125605004 "Fracture of bone" with SCT 373066001 "Yes" /
-  373067005 "No" (CID 230). Probability: DCM 122157 "Probability", UCUM "1" ("no units").
-- Level: no standard code names the product's operating points ("likely" at high specificity,
-  "possible" at high sensitivity), so a private scheme 99WRISTAI, declared in the Coding Scheme
-  Identification Sequence. Views get the same operating points on their own probability.
+- Procedure reported: SCT 363679005 "Imaging procedure", from CID 100 as TID 1500 requires (the
+  earlier SCT 168537006 "Plain radiography" is not in CID 100, and PixelMed's DicomSRValidator,
+  the IHE AI Results validator, reports it as an error); the anatomy is each group's finding
+  site, SCT 74670003 "Wrist joint" (CID 4009/4031).
+- Finding type: SCT 125605004 "Fracture of bone". Probability: DCM 122157 "Probability", UCUM
+  "1" ("no units").
+- Presence and level: one TID 1501 qualitative evaluation named DCM 121071 "Finding" whose value
+  is the level: "Fracture likely" (high-specificity operating point), "Fracture possible"
+  (high-sensitivity point) or "No fracture detected". No standard code names these operating
+  points, so the values are a private scheme 99WRISTAI, declared in the Coding Scheme
+  Identification Sequence. (Free CODE items with other concept names, as earlier versions wrote,
+  are "not in template" for the validator.) Views get the same operating points on their own
+  probability.
 """
 
 from __future__ import annotations
@@ -27,11 +32,9 @@ from dicomnode.reports.uids import result_uid
 from pipeline.inference import BundleInfo, StudyPrediction
 
 PRIVATE_SCHEME = "99WRISTAI"
-PROCEDURE = hd.sr.CodedConcept("168537006", "SCT", "Plain radiography")
+PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 WRIST = hd.sr.CodedConcept("74670003", "SCT", "Wrist joint")
 FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
-YES = hd.sr.CodedConcept("373066001", "SCT", "Yes")
-NO = hd.sr.CodedConcept("373067005", "SCT", "No")
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
 FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
@@ -39,7 +42,6 @@ QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Ev
 IMAGING_MEASUREMENT_REPORT = hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report")
 PROCEDURE_REPORTED = hd.sr.CodedConcept("121058", "DCM", "Procedure reported")
 ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
-LEVEL = hd.sr.CodedConcept("LEVEL", PRIVATE_SCHEME, "Fracture suspicion level")
 LEVEL_TEXT = {"likely": "Fracture likely", "possible": "Fracture possible",
               "negative": "No fracture detected"}  # fmt: skip
 LEVEL_VALUES = {
@@ -70,9 +72,14 @@ def model_version(bundle: BundleInfo) -> str:
     return f"{bundle.name} {bundle.version}"
 
 
-def series_description() -> str:
-    """The Series Description of every object the node creates."""
-    return f"{SERIES_DESCRIPTION_PREFIX} - {DISCLAIMER}"
+SERIES_CONTENTS = {"sr": "fracture report", "sc": "heat map"}
+"""What each result series holds, as its Series Description says it (once)."""
+
+
+def series_description(kind: str) -> str:
+    """The Series Description of the node's `kind` series ('sr' or 'sc'): the prefix the loop
+    guard recognises, what the series is, and the disclaimer; at most 64 characters (LO)."""
+    return f"{SERIES_DESCRIPTION_PREFIX} - {SERIES_CONTENTS[kind]} - {DISCLAIMER}"
 
 
 def level_of(probability: float, bundle: BundleInfo) -> str:
@@ -93,9 +100,7 @@ def build_sr(prediction: StudyPrediction, context: ReportContext) -> Dataset:
         raise ValueError("an SR needs at least one source instance")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in context.sources}
     algorithm = _algorithm(context.bundle)
-    groups = [
-        _group(context, "Study", prediction.probability, context.sources, algorithm),
-    ]
+    groups = [_group(context, "Study", prediction.probability, context.sources, algorithm)]
     for index, view in enumerate(prediction.views, start=1):
         source = by_uid.get(view.view.sop_instance_uid)
         if source is None:
@@ -204,8 +209,7 @@ def _group(
         finding_sites=[hd.sr.FindingSite(anatomic_location=WRIST)],
         measurements=[measurement],
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(FRACTURE, NO if level == "negative" else YES),
-            hd.sr.QualitativeEvaluation(LEVEL, LEVEL_VALUES[level]),
+            hd.sr.QualitativeEvaluation(FINDING, LEVEL_VALUES[level]),
         ],
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in sources],
     )
@@ -238,7 +242,7 @@ def _document(
         is_verified=False,
         institution_name=context.institution or None,
         previous_versions=[predecessor] if predecessor is not None else None,
-        series_description=series_description(),
+        series_description=series_description("sr"),
         manufacturer_model_name=MODEL_NAME,
         software_versions=version,
         coding_schemes=[

@@ -278,3 +278,16 @@ def test_shadow_mode_keeps_results_and_sends_nothing(
     else:
         assert len(pacs.associations) >= 1 and len(pacs.stored) == len(results)
     queue.close()
+
+
+def test_an_unwritable_storage_never_stops_the_node_from_starting(tmp_path: Path) -> None:
+    # A node restarting on a full (here: unusable) disk builds its monitor without touching the
+    # disk; the report then has no figures, and only recording a study fails (the worker logs
+    # that and carries on).
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the storage folder should be", encoding="utf-8")
+    monitor = DriftMonitor(blocker / "storage", None)
+    report = monitor.report()
+    assert report.windows == () and not report.degraded
+    with pytest.raises(OSError):
+        monitor.record("negative", 0.1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,10 +16,11 @@ import pytest
 from dicomnode.identity import DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
 from dicomnode.reports.overlay import output_shape
-from dicomnode.reports.sr import PROBABILITY, PROBABILITY_DIGITS, is_not_analysed_sr
+from dicomnode.reports.sr import PROBABILITY, PROBABILITY_DIGITS, is_not_analysed_sr, level_of
 from dicomnode.reports.uids import result_uid
 from pipeline.dicomio import read_radiograph
 from pipeline.inference import ModelBundle, StudyPrediction
+from tests.conftest import require_tool
 from train.phantoms.archive import generate_archive, read_truth
 
 BUNDLE = Path(__file__).resolve().parents[2] / "config" / "models" / "wrist-demo"
@@ -65,17 +65,40 @@ def _round_trip(ds: pydicom.Dataset, path: Path) -> pydicom.Dataset:
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy (dicom3tools) is not installed")
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, check=False)
+    result = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, check=False)
     text = (result.stderr + result.stdout).decode("latin-1")
     return [line for line in text.splitlines() if line.startswith("Error")]
 
 
+PIXELMED_JAR = Path("/usr/share/java/pixelmed.jar")
+"""Where Debian's libpixelmed-java puts PixelMed; its DicomSRValidator is the one IHE AI Results
+testing uses."""
+# Current JREs cap XPath expressions below what PixelMed's template rules need.
+_JAVA_XPATH = [f"-Djdk.xml.{key}=0" for key in ("xpathExprOpLimit", "xpathExprGrpLimit",
+                                                "xpathTotalOpLimit")]  # fmt: skip
+
+
+def _pixelmed_findings(path: Path) -> list[str]:
+    """PixelMed DicomSRValidator's errors and warnings on an SR file (a missing tool fails)."""
+    java = require_tool("java")
+    if not PIXELMED_JAR.is_file():
+        pytest.fail(
+            f"{PIXELMED_JAR} is missing: run make install (Debian package libpixelmed-java)"
+        )
+    result = subprocess.run(
+        [java, *_JAVA_XPATH, "-cp", str(PIXELMED_JAR),
+         "com.pixelmed.validate.DicomSRValidator", str(path)],
+        capture_output=True, check=False, timeout=120,
+    )  # fmt: skip
+    text = (result.stdout + result.stderr).decode("utf-8", errors="replace")
+    assert "Found Root Template TID_1500" in text, text
+    return [line for line in text.splitlines() if line.startswith(("Error", "Warning"))]
+
+
 def _dsrdump(path: Path) -> str:
-    if shutil.which("dsrdump") is None:
-        pytest.skip("dsrdump (dcmtk) is not installed")
-    result = subprocess.run(["dsrdump", "+Pl", str(path)], capture_output=True, check=False)
+    result = subprocess.run(
+        [require_tool("dsrdump"), "+Pl", str(path)], capture_output=True, check=False
+    )
     assert result.returncode == 0, result.stderr.decode("latin-1")
     return result.stdout.decode("utf-8", errors="replace")
 
@@ -99,14 +122,22 @@ def test_sr_is_valid_and_carries_the_result(study: Study, tmp_path: Path) -> Non
     sr = _round_trip(build_sr(study.prediction, study.context), path)
 
     assert _dciodvfy_errors(path) == []
+    assert _pixelmed_findings(path) == []
     dump = _dsrdump(path)
     stored = round(study.prediction.probability, PROBABILITY_DIGITS)
     assert "Fracture of bone" in dump and "Probability" in dump
+    assert '(363679005,SCT,"Imaging procedure")' in dump  # CID 100, as TID 1500 asks
+    levels = [study.prediction.level] + [
+        level_of(v.probability, study.context.bundle) for v in study.prediction.views
+    ]
+    for level in levels:
+        assert f'CODE:(,,"Finding")=({level.upper()},99WRISTAI,' in dump
     assert f'"{stored}"' in dump
 
     assert (sr.VerificationFlag, sr.CompletionFlag) == ("UNVERIFIED", "COMPLETE")
     assert sr.Manufacturer == MANUFACTURER
-    assert sr.SeriesDescription == f"{SERIES_DESCRIPTION_PREFIX} - {DISCLAIMER}"
+    assert sr.SeriesDescription == "AI decision support - fracture report - NOT FOR DIAGNOSTIC USE"
+    assert sr.SeriesDescription.startswith(SERIES_DESCRIPTION_PREFIX)  # the loop guard's mark
     assert sr.StudyInstanceUID == study.sources[0].StudyInstanceUID
     assert sr.SeriesInstanceUID not in {s.SeriesInstanceUID for s in study.sources}
     assert int(sr.SeriesNumber) == 9901 and int(sr.InstanceNumber) == 1
@@ -130,6 +161,20 @@ def test_sr_is_valid_and_carries_the_result(study: Study, tmp_path: Path) -> Non
     assert referenced == {str(s.SOPInstanceUID) for s in study.sources}
     evidence = {uid for _, _, uid, _ in parsed.get_evidence()}
     assert evidence == {str(s.SOPInstanceUID) for s in study.sources}
+
+
+def test_the_sr_validator_has_teeth(study: Study, tmp_path: Path) -> None:
+    # The procedure code of earlier versions (SCT 168537006, not in CID 100) must be reported.
+    # Edit a copy read back from bytes: the built SR shares highdicom's code objects.
+    sr = _round_trip(build_sr(study.prediction, study.context), tmp_path / "sr.dcm")
+    for item in sr.ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == "121058":  # Procedure reported
+            item.ConceptCodeSequence[0].CodeValue = "168537006"
+            item.ConceptCodeSequence[0].CodeMeaning = "Plain radiography"
+    path = tmp_path / "old-procedure.dcm"
+    _round_trip(sr, path)
+    findings = _pixelmed_findings(path)
+    assert any(f.startswith("Error") and "context group 100" in f for f in findings), findings
 
 
 def test_sr_uids_are_deterministic_and_versioned(study: Study) -> None:
@@ -161,6 +206,7 @@ def test_sr_revision_references_its_predecessor(study: Study, tmp_path: Path) ->
     assert sop.ReferencedSOPInstanceUID == first.SOPInstanceUID
     assert int(second.InstanceNumber) == int(first.InstanceNumber) + 1
     assert _dciodvfy_errors(path) == []
+    assert _pixelmed_findings(path) == []
 
 
 def test_not_analysed_sr_states_the_reason(study: Study, tmp_path: Path) -> None:
@@ -168,6 +214,7 @@ def test_not_analysed_sr_states_the_reason(study: Study, tmp_path: Path) -> None
     path = tmp_path / "na.dcm"
     sr = _round_trip(build_not_analysed_sr(reason, study.context), path)
     assert _dciodvfy_errors(path) == []
+    assert _pixelmed_findings(path) == []
     assert reason in _dsrdump(path)
     assert sr.VerificationFlag == "UNVERIFIED" and sr.Manufacturer == MANUFACTURER
     out_of_scope = dataclasses.replace(study.prediction, in_scope=False, reason=reason)
@@ -210,18 +257,30 @@ def test_sc_is_valid_and_shows_the_source(study: Study, tmp_path: Path) -> None:
     assert _dciodvfy_errors(path) == []
     source = study.sources[position]
     rows, columns = study.pixels[position].shape
-    assert (int(sc.Rows), int(sc.Columns)) == output_shape((rows, columns)) == (rows, columns)
+    assert output_shape((rows, columns)) == (rows, columns)
+    strip = int(sc.Rows) - rows  # the banner strip added above the image
+    assert int(sc.Columns) == columns and 0.04 * rows < strip < 0.4 * rows
     assert int(sc.SamplesPerPixel) == 3 and sc.PhotometricInterpretation == "RGB"
-    assert sc.pixel_array.shape == (rows, columns, 3)
+    assert sc.pixel_array.shape == (rows + strip, columns, 3)
     assert sc.BurnedInAnnotation == "YES" and list(sc.ImageType) == ["DERIVED", "SECONDARY"]
     assert sc.ConversionType == "WSD" and sc.Manufacturer == MANUFACTURER
     assert sc.StudyInstanceUID == source.StudyInstanceUID
     assert sc.SeriesInstanceUID != source.SeriesInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    assert sc.SeriesDescription == f"{SERIES_DESCRIPTION_PREFIX} - {DISCLAIMER}"
+    assert sc.SeriesDescription == f"{SERIES_DESCRIPTION_PREFIX} - heat map - {DISCLAIMER}"
+    assert sc.SeriesDescription.count("decision support") == 1
+    # The banner is in the strip (yellow headline), and the image below it is the source's own
+    # grey wherever no heat is painted: nothing covers the anatomy.
+    banner = sc.pixel_array[:strip].astype(int)
+    yellow = (banner[..., 0] > 200) & (banner[..., 1] > 180) & (banner[..., 2] < 80)
+    assert yellow.sum() > 20
     grey = np.rint(np.clip(study.pixels[position], 0, 1) * 255)
-    top = slice(0, max(4, rows // 25))
-    assert np.abs(sc.pixel_array[top, :, 0].astype(float) - grey[top]).mean() > 5
+    image = sc.pixel_array[strip:].astype(int)
+    unpainted = (image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])
+    assert unpainted.mean() > 0.5
+    assert np.abs(image[..., 0][unpainted] - grey[unpainted]).max() <= 1
+    top = slice(0, max(4, rows // 25))  # the fingers' end of the image, under the old banner
+    assert unpainted[top].mean() > 0.9
     assert built.SOPInstanceUID == _sc_for(study)[0].SOPInstanceUID
     assert output_shape((3000, 2400)) == (2048, 1638)  # long sides are downscaled
     assert output_shape((1000, 4096)) == (500, 2048)
@@ -249,7 +308,9 @@ def test_sc_heat_map_lands_where_the_view_maps_it(study: Study) -> None:
     heat[cy - 8 : cy + 8, cx - 8 : cx + 8] = 1.0
     blank, _ = _sc_for(study, heatmap=np.zeros_like(heat))
     hot, _ = _sc_for(study, heatmap=heat)
+    strip = int(hot.Rows) - rows  # the banner strip above the image
     diff = np.abs(hot.pixel_array.astype(int) - blank.pixel_array.astype(int)).sum(axis=2)
+    diff = diff[strip:]
 
     def around(px: float, py: float) -> float:
         r, c = round(py), round(px)
