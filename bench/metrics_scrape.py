@@ -75,7 +75,7 @@ def build_v1(path: Path, studies: int, now: float) -> None:
     )
     db.executemany(
         "INSERT INTO deliveries VALUES (?, 'PACS@10.0.0.9:104', ?, 1, NULL, ?, ?, '', ?)",
-        ((_uid(1, i), f"/srv/results/{i}/sr.dcm", at(i) + 60,
+        ((_uid(1, i), f"results/{i}/sr.dcm", at(i) + 60,
           "failed" if _state(i) == "failed" else "sent", _state(i)) for i in range(studies)),
     )  # fmt: skip
     db.executemany(
@@ -93,7 +93,7 @@ def build_v1(path: Path, studies: int, now: float) -> None:
     db.executemany(
         "INSERT INTO instances VALUES (?, ?, ?, '1.2.840.10008.5.1.4.1.1.1.1', ?, 'MODALITY',"
         " ?, ?, 0)",
-        ((_uid(3, i * 10 + k), _uid(1, i), _uid(4, i), f"/srv/spool/{i}/{k}.dcm", _uid(2, i),
+        ((_uid(3, i * 10 + k), _uid(1, i), _uid(4, i), f"spool/{i}/{k}.dcm", _uid(2, i),
           at(i)) for i in kept for k in range(INSTANCES_PER_STUDY)),
     )  # fmt: skip
     db.executemany(

@@ -70,7 +70,7 @@ def _v1_database(path: Path) -> sqlite3.Connection:
             db.execute("INSERT INTO instance_sizes VALUES (?, ?)", (sop, 1000 * (n + 1) + k))
         if state in ("sending", "done", "failed"):
             status = {"sending": "pending", "done": "sent", "failed": "failed"}[state]
-            db.execute("INSERT INTO deliveries VALUES (?, 'PACS@127.0.0.1:104', '/r/sr.dcm', 1,"
+            db.execute("INSERT INTO deliveries VALUES (?, 'PACS@127.0.0.1:104', 'out/sr.dcm', 1,"
                        " NULL, ?, ?, '', 'done')", (uid, at + 4, status))  # fmt: skip
     db.execute("INSERT INTO purged VALUES ('1.2.3.8', 1.0, 2.0, 'done', 2, 2, 5000)")
     db.execute("INSERT INTO analysis_health VALUES (1, 'running', '', 0, 1.0, NULL)")
