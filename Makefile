@@ -16,10 +16,22 @@ DEMO_WORKERS ?= $(shell nproc)
 DEBIAN_PACKAGES := dcmtk orthanc dicom3tools
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install debian-tools run test lint typecheck unit bench preview demo demo-model view-reader \
+.PHONY: install debian-tools viewer run test lint typecheck unit bench preview demo demo-model view-reader \
 	clean
 
-install: $(STAMP) debian-tools
+install: $(STAMP) debian-tools viewer
+
+# OHIF, the web viewer the viewer tests show the results in (docs/VIEWER.md): the npm package
+# ships a built dist/, so nothing is compiled (48 MB download). The version is pinned: an
+# unpinned `npm pack` was seen to return an older release than `latest`.
+OHIF_VERSION := 3.13.2
+OHIF_DIST := var/ohif/package/dist
+viewer: $(OHIF_DIST)/index.html
+$(OHIF_DIST)/index.html:
+	rm -rf var/ohif && mkdir -p var/ohif
+	cd var/ohif && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null && \
+	  tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz
+	test -f $@
 
 # torch and torchvision are pinned in setup.cfg; pip takes them from this machine's local wheels.
 $(STAMP): setup.cfg pyproject.toml
@@ -30,7 +42,9 @@ $(STAMP): setup.cfg pyproject.toml
 
 # Real peers the tests talk to: dcmtk (storescu, echoscu, dcmcjpeg), Orthanc, dicom3tools
 # (dciodvfy), systemd-analyze (the unit file), PixelMed's DicomSRValidator (the IHE AI Results
-# SR validator) and a headless JRE to run it.
+# SR validator) and a headless JRE to run it, Orthanc's DICOMweb plugin (STOW-RS destinations),
+# and the viewers of the viewer tests: Chromium (OHIF), DICOMscope with Xvfb, xdotool, xwd and
+# netpbm (presentation states drawn by a real viewer).
 debian-tools:
 	@missing=""; \
 	command -v storescu >/dev/null || missing="$$missing dcmtk"; \
@@ -39,6 +53,14 @@ debian-tools:
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	[ -f /usr/share/java/pixelmed.jar ] || missing="$$missing libpixelmed-java"; \
+	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v dicomscope >/dev/null || [ -x /usr/bin/dicomscope ] || missing="$$missing dicomscope"; \
+	command -v Xvfb >/dev/null || missing="$$missing xvfb"; \
+	command -v xdotool >/dev/null || missing="$$missing xdotool"; \
+	command -v xwd >/dev/null || missing="$$missing x11-apps"; \
+	command -v xwdtopnm >/dev/null || missing="$$missing netpbm"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && \

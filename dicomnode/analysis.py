@@ -1,4 +1,5 @@
-"""One study's analysis: received instances in, result files (SR + Secondary Captures) out.
+"""One study's analysis: received instances in, result files out: the SR, and per image a
+presentation state and a Secondary Capture, as many of them as [results] send names.
 
 The results are written to the results spool before the first send, so a crash or a PACS that
 is down never loses them. A study analysed again after late instances gets an SR that revises
@@ -12,14 +13,22 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicomnode.config import RESULT_KINDS
 from dicomnode.index import InstanceRow
-from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
+from dicomnode.reports import (
+    ReportContext,
+    build_gsps,
+    build_not_analysed_sr,
+    build_sc,
+    build_sr,
+)
 from dicomnode.reports.sr import is_not_analysed_sr, model_version
 from dicomnode.spool import Spool
 from pipeline.dicom.uids import SR_SOP_CLASSES
@@ -44,9 +53,13 @@ class AnalysisOutcome:
 def analyse_study(
     study_uid: str, instances: list[InstanceRow], bundle: ModelBundle, results: Spool,
     *, institution: str = "", report_out_of_scope: bool = False,
+    send: Collection[str] = RESULT_KINDS,
 ) -> AnalysisOutcome:  # fmt: skip
-    """Analyse the study's received instances and write the result objects to `results`
-    (for an out-of-scope study, a "not analysed" SR only when `report_out_of_scope`)."""
+    """Analyse the study's received instances and write the result objects to `results`: the
+    kinds in `send` ("sr", "gsps", "sc"); for an out-of-scope study, a "not analysed" SR only
+    when `report_out_of_scope`, whatever `send` says. A wrist study whose every view the model
+    abstained on (`pipeline.ood`) always gets that SR, with the reason: the radiologist expects a
+    result for a wrist study, and silence would read as "still running" or "lost"."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
     sources: list[Dataset] = []
@@ -72,7 +85,7 @@ def analyse_study(
     timings["preprocess"] = timings.get("preprocess", 0.0) + decoded
     if not prediction.in_scope:
         files: tuple[Path, ...] = ()
-        if report_out_of_scope:
+        if report_out_of_scope or prediction.abstained:
             context = ReportContext(sources=sources, bundle=bundle.info, institution=institution)
             files = (_write(results, build_not_analysed_sr(prediction.reason, context)),)
         return AnalysisOutcome(False, prediction.reason, files, prediction, timings)
@@ -80,15 +93,26 @@ def analyse_study(
     predecessor = _previous_sr(results, study_uid, sources, model_version(bundle.info))
     context = ReportContext(sources=sources, bundle=bundle.info, institution=institution,
                             predecessor=predecessor)  # fmt: skip
-    written = [_write(results, build_sr(prediction, context))]
+    written = [_write(results, build_sr(prediction, context))] if "sr" in send else []
     by_source: dict[str, list[ViewPrediction]] = defaultdict(list)
     for view in prediction.views:
         by_source[view.view.sop_instance_uid].append(view)
     for number, (uid, views) in enumerate(sorted(by_source.items()), start=1):
         index = next(i for i, r in enumerate(radiographs) if r.sop_instance_uid == uid)
-        sc = build_sc(views[0], prediction, sources[index], radiographs[index].pixels, context,
-                      instance_number=number, extra_views=tuple(views[1:]))  # fmt: skip
-        written.append(_write(results, sc))
+        if "gsps" in send:
+            gsps = build_gsps(views, prediction, sources[index], context, instance_number=number)
+            written.append(_write(results, gsps))
+        if "sc" in send:
+            sc = build_sc(
+                views[0],
+                prediction,
+                sources[index],
+                radiographs[index].pixels,
+                context,
+                instance_number=number,
+                extra_views=tuple(views[1:]),
+            )
+            written.append(_write(results, sc))
     timings["report"] = time.perf_counter() - reporting
     log.info("study %s analysed: %s; %d result object(s)", study_uid, prediction.reason,
              len(written))  # fmt: skip

@@ -24,6 +24,8 @@ EVENTS = (
     "study-received",
     "result-sent",
     "result-failed",
+    "result-committed",
+    "commitment-failed",
     "study-purged",
 )
 

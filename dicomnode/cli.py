@@ -88,8 +88,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         "--destination",
         action="append",
         default=[],
-        metavar="AET@HOST:PORT",
-        help="replace the destinations (repeatable)",
+        metavar="AET@HOST:PORT|URL",
+        help="replace the destinations (repeatable; a URL is a DICOMweb STOW-RS base)",
     )
     parser.add_argument(
         "--allow",

@@ -13,6 +13,8 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
@@ -35,6 +37,14 @@ class FieldError(ValueError):
     def __init__(self, name: str, value: Any, reason: str) -> None:
         super().__init__(f"'{name}' = {value!r} {reason}")
         self.name, self.value, self.reason = name, value, reason
+
+
+class MissingKeyError(FieldError):
+    """A key the table needs given its other keys (a DIMSE destination's port)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, None, reason)
+        self.args = (f"lacks the key '{name}': {reason}",)
 
 
 def _ae_title(value: str) -> None:
@@ -88,20 +98,94 @@ class _Validated:
                     raise FieldError(f.name, value, str(exc)) from exc
 
 
+def _unless_empty(check: Callable[[Any], None]) -> Callable[[Any], None]:
+    """`check`, skipped for a key left out ("" or 0): DICOMweb destinations have no AE title,
+    host or port of their own (see `Destination`)."""
+
+    def checked(value: Any) -> None:
+        if value:
+            check(value)
+
+    return checked
+
+
+_DIMSE_KEYS = ("ae_title", "host", "port")
+
+
+def _check_url(url: str) -> None:
+    """A DICOMweb base URL; never echoes one holding credentials back (logs, stderr)."""
+    shown = "<not shown>" if "@" in url else url
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise FieldError("url", shown, f"is not a valid URL ({exc})") from None
+    if parts.username is not None or parts.password is not None:
+        raise FieldError("url", shown, "must not hold credentials: name a 'credentials_file' "
+                         "instead")  # fmt: skip
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise FieldError("url", url, "must be an http:// or https:// URL, the DICOMweb "
+                         "service's base (e.g. https://pacs.example/dicom-web)")  # fmt: skip
+    if parts.query or parts.fragment:
+        raise FieldError("url", url, "must be the service's base URL, without '?' or '#'")
+
+
 @dataclass(frozen=True)
 class Destination(_Validated):
-    """A DICOM peer that receives the node's results (C-STORE SCU target)."""
+    """A peer that receives the node's results: a DICOM SCP (C-STORE to `ae_title` at
+    `host`:`port`) or a DICOMweb service (STOW-RS to `url`); exactly one of the two."""
 
-    ae_title: str = _checked(check=_ae_title)
-    host: str = _checked(check=_host)
-    port: int = _checked(check=_port)
+    ae_title: str = _checked("", check=_unless_empty(_ae_title))
+    host: str = _checked("", check=_unless_empty(_host))
+    port: int = _checked(0, check=_unless_empty(_port))
     tls: bool = False
     """Send over TLS (with the [tls] section's certificate, CA and minimum version)."""
+    url: str = ""
+    """DICOMweb instead of DIMSE: the STOW-RS base URL; results are POSTed to {url}/studies,
+    over TLS (the [tls] section's CA bundle, certificate and minimum version) for https."""
+    credentials_file: str = ""
+    """For a `url`: the file holding HTTP basic or bearer credentials (see dicomnode.stow),
+    read at each delivery so that a rotated secret needs no restart."""
+    storage_commitment: bool = False
+    """Count a delivery only once the PACS confirms storage (Storage Commitment Push Model,
+    N-ACTION then N-EVENT-REPORT); DIMSE destinations only."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        given = [name for name in _DIMSE_KEYS if getattr(self, name)]
+        if self.url:
+            _check_url(self.url)
+            if given:
+                raise FieldError(given[0], getattr(self, given[0]), "cannot be combined with "
+                                 "'url': a destination is either DIMSE (ae_title, host, port) "
+                                 "or DICOMweb (url)")  # fmt: skip
+            if self.tls:
+                raise FieldError("tls", True, "applies to DIMSE destinations only: a DICOMweb "
+                                 "destination uses TLS when its url is https://")  # fmt: skip
+            if self.storage_commitment:
+                raise FieldError("storage_commitment", True, "applies to DIMSE destinations "
+                                 "only: DICOMweb (url) has no storage commitment")  # fmt: skip
+            return
+        missing = [name for name in _DIMSE_KEYS if name not in given]
+        if missing:
+            raise MissingKeyError(missing[0], "a destination needs ae_title, host and port "
+                                  "(DIMSE C-STORE), or url (DICOMweb STOW-RS)")  # fmt: skip
+        if self.credentials_file:
+            raise FieldError("credentials_file", self.credentials_file, "applies to DICOMweb "
+                             "destinations (url) only")  # fmt: skip
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether deliveries go over TLS: `tls` for DIMSE, an https:// url for DICOMweb."""
+        return self.tls or urllib.parse.urlsplit(self.url).scheme.lower() == "https"
 
     @classmethod
     def parse(cls, text: str) -> Destination:
-        """Parse ``AET@HOST:PORT`` (IPv6: ``AET@[::1]:104``) as given on the command line."""
+        """Parse ``AET@HOST:PORT`` (IPv6: ``AET@[::1]:104``) or a DICOMweb base URL, as given on
+        the command line."""
         try:
+            if re.match(r"https?://", text, re.IGNORECASE):
+                return cls(url=text)
             address = AeAddress.parse(text)
             return cls(address.aet, address.host, address.port)
         except ValueError as exc:
@@ -250,12 +334,34 @@ class SendingSection(_Validated):
     initial_delay_seconds: float = _checked(30.0, check=_positive)
     max_delay_seconds: float = _checked(3600.0, check=_positive)
     give_up_after_seconds: float = _checked(86400.0, check=_positive)
+    commitment_timeout_seconds: float = _checked(600.0, check=_positive)
+    """How long a destination with storage_commitment has to report (N-EVENT-REPORT) after the
+    request; past it the delivery is retried like a failed send."""
+
+
+RESULT_KINDS = ("sr", "gsps", "sc")
+"""The result objects an analysed study may get: the TID 1500 SR, a presentation state per image
+(toggleable marks), a Secondary Capture per image (burned-in heat map)."""
+
+
+def _result_kinds(values: tuple[str, ...]) -> None:
+    unknown = [v for v in values if v not in RESULT_KINDS]
+    if unknown:
+        raise ValueError(f"holds {unknown[0]!r}: the kinds are {', '.join(RESULT_KINDS)}")
+    if not values:
+        raise ValueError(f"is empty: name at least one of {', '.join(RESULT_KINDS)} (to send "
+                         "nothing, use shadow = true)")  # fmt: skip
+    if len(set(values)) != len(values):
+        raise ValueError("names a kind twice")
 
 
 @dataclass(frozen=True)
-class ResultsSection:
+class ResultsSection(_Validated):
     """What is sent: results of analysed studies, reports on others, or nothing (shadow)."""
 
+    send: tuple[str, ...] = _checked(RESULT_KINDS, check=_result_kinds)
+    """Which result objects an analysed study gets ("sr", "gsps", "sc"); a "not analysed"
+    report is always an SR."""
     report_out_of_scope: bool = False
     """Send a short SR saying "not analysed" and why for studies with no wrist view."""
     shadow: bool = False
@@ -366,6 +472,10 @@ def _build(cls: type[Any], raw: Any, *, key: str, source: Path) -> Any:
         raise ConfigError(f"{source}: {where} lacks the key '{_join(key, missing[0])}'")
     try:
         return cls(**values)
+    except MissingKeyError as exc:
+        raise ConfigError(
+            f"{source}: {where} lacks the key '{_join(key, exc.name)}': {exc.reason}"
+        ) from exc
     except FieldError as exc:
         raise ConfigError(
             f"{source}: '{_join(key, exc.name)}' = {exc.value!r} {exc.reason}"

@@ -66,6 +66,16 @@ class NodeCollector(Collector):
         for destination, count in self.queue.backlog().items():
             backlog.add_metric([destination], count)
         yield backlog
+        commitments = GaugeMetricFamily(
+            "dicomnode_storage_commitments",
+            "Storage commitment requests (N-ACTION) by outcome: awaiting the PACS's report, "
+            "committed, failed (the PACS listed failures or refused) or expired (no report by "
+            "the deadline); awaiting is current, the others count since the first",
+            labels=["status"],
+        )
+        for status, count in self.queue.commitment_counts().items():
+            commitments.add_metric([status], count)
+        yield commitments
         if self.drift is not None:
             yield from drift_metrics(self.drift)
 

@@ -155,9 +155,37 @@ _V2 = (
     "CREATE INDEX deliveries_pending ON deliveries (status, next_attempt_at)",
 )
 
+_COUNT_ONE = "ON CONFLICT (status) DO UPDATE SET n = n + 1"
+
+# Version 3: storage commitment (PS3.4 Annex J). One row per N-ACTION the node sent: the
+# transaction UID it issued, the delivery it confirms (study, destination), the instances it
+# names (JSON list of [SOP class, SOP instance]), when it was asked and until when a report is
+# awaited, and the outcome: awaiting, committed, failed (the PACS listed failures or refused the
+# request; `failures` says which and why) or expired (no report by the deadline). A delivery to
+# a commitment destination waits in status 'committing' after its C-STOREs (see
+# dicomnode.commitment_queue). Counts per status are kept by triggers, as in version 2.
+_V3 = (
+    "CREATE TABLE commitments (transaction_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL,"
+    " destination TEXT NOT NULL, instances TEXT NOT NULL, requested_at REAL NOT NULL,"
+    " deadline REAL NOT NULL, status TEXT NOT NULL DEFAULT 'awaiting',"
+    " failures TEXT NOT NULL DEFAULT '', reported_at REAL, reported_by TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX commitments_awaiting ON commitments (status, deadline)",
+    "CREATE INDEX commitments_delivery ON commitments (study_uid, destination, requested_at)",
+    "CREATE TABLE commitment_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER commitments_counted AFTER INSERT ON commitments BEGIN"
+    f" INSERT INTO commitment_counts VALUES (NEW.status, 1) {_COUNT_ONE}; END",
+    "CREATE TRIGGER commitments_uncounted AFTER DELETE ON commitments BEGIN"
+    " UPDATE commitment_counts SET n = n - 1 WHERE status = OLD.status; END",
+    "CREATE TRIGGER commitments_recounted AFTER UPDATE OF status ON commitments"
+    " WHEN OLD.status IS NOT NEW.status BEGIN"
+    " UPDATE commitment_counts SET n = n - 1 WHERE status = OLD.status;"
+    f" INSERT INTO commitment_counts VALUES (NEW.status, 1) {_COUNT_ONE}; END",
+)
+
 MIGRATIONS = (
     Migration(1, "the index and the work queue", _sql(*_V1)),
     Migration(2, "bounded metrics: counters, stage histogram, timing retention", _sql(*_V2)),
+    Migration(3, "storage commitment: transactions and their outcome", _sql(*_V3)),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 

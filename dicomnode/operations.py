@@ -44,6 +44,7 @@ def status(config: Config, *, now: float | None = None, recent: int = 10) -> dic
                 for s in failed
             ],
             "backlog": queue.backlog(),
+            "commitments": queue.commitment_counts(),
             "purged": queue.purge_totals(),
             "shadow": config.results.shadow,
             "drift": DriftMonitor(config.storage.path,
@@ -70,6 +71,10 @@ def format_status(report: dict[str, Any]) -> str:
                  f"{oldest['waiting_seconds']:.0f} s)"))  # fmt: skip
     backlog = report["backlog"]
     lines.append("backlog: " + (", ".join(f"{k} {v}" for k, v in backlog.items()) or "none"))
+    commitments = report.get("commitments", {})
+    if any(commitments.values()):
+        lines.append("storage commitment: " + ", ".join(f"{k} {v}" for k, v in
+                                                        commitments.items()))  # fmt: skip
     purged = report["purged"]
     lines.append(f"purged after delivery: {purged['studies']} studies, "
                  f"{purged['bytes'] / 1e6:.1f} MB")  # fmt: skip

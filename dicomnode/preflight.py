@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dicomnode.config import Config
+from dicomnode.credentials import CredentialsError, read_credentials
 from dicomnode.model_check import BundleCheck, check_bundle, check_bundle_apart
 from dicomnode.worker import destination_key
 
@@ -74,6 +75,16 @@ def _check_destinations(config: Config, origin: Origin) -> None:
         if name in seen:
             raise _fail(origin, f"destinations[{i}]", name, f"repeats destinations[{seen[name]}]")
         seen[name] = i
+        if destination.credentials_file:
+            try:
+                read_credentials(destination.credentials_file)
+            except CredentialsError as exc:
+                raise _fail(
+                    origin,
+                    f"destinations[{i}].credentials_file",
+                    destination.credentials_file,
+                    f"cannot be used: {exc}",
+                ) from exc
 
 
 def _check_tls(config: Config, origin: Origin) -> None:
@@ -82,7 +93,7 @@ def _check_tls(config: Config, origin: Origin) -> None:
     from dicomnode.tls import TlsError, client_context, server_context
 
     tls = config.tls
-    if not (tls.enabled or any(d.tls for d in config.destinations)):
+    if not (tls.enabled or any(d.uses_tls for d in config.destinations)):
         return
     for name in ("certificate", "private_key", "ca_certificates"):
         value = getattr(tls, name)
@@ -92,7 +103,7 @@ def _check_tls(config: Config, origin: Origin) -> None:
     try:
         if tls.enabled:
             server_context(tls)
-        if any(d.tls for d in config.destinations):
+        if any(d.uses_tls for d in config.destinations):
             client_context(tls)
     except TlsError as exc:
         raise StartupError(f"{origin(exc.key)}: '{exc.key}': {exc}") from exc

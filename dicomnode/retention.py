@@ -5,7 +5,8 @@ Which studies: those in a final state with nothing left to deliver, PURGEABLE_ST
   was nothing to deliver);
 - 'out_of_scope': the "not analysed" report reached every destination, or nothing was to be sent
   (`results.report_out_of_scope` off, or no destination).
-Never 'receiving', 'complete', 'analysing' or 'sending' (work or a delivery is still due), and
+Never 'receiving', 'complete', 'analysing' or 'sending' (work or a delivery is still due, or a
+PACS has not yet confirmed storage: see dicomnode.commitment_queue), and
 never 'failed': its results never reached the PACS, so it is kept for `dicomnode resend` or for an
 admin to deal with, however old.
 

@@ -24,6 +24,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicomnode.access import admit, too_many
 from dicomnode.association_log import AssociationLog, AssociationTally, listed, refused_contexts
 from dicomnode.audit import AuditLog
+from dicomnode.commitment import STORAGE_COMMITMENT_PUSH_MODEL, handle_commitment_report
+from dicomnode.commitment_queue import CommitmentQueue
 from dicomnode.config import Config
 from dicomnode.connections import handle_conn_close, handle_plain_open, handle_tls_open, is_tls
 from dicomnode.identity import MANUFACTURER, SERIES_DESCRIPTION_PREFIX
@@ -38,7 +40,12 @@ from dicomnode.store_checks import (
     text_value,
 )
 from pipeline.dicom import dimse
-from pipeline.dicom.uids import RADIOGRAPH_SOP_CLASSES, READABLE_TRANSFER_SYNTAXES, is_valid_uid
+from pipeline.dicom.uids import (
+    RADIOGRAPH_SOP_CLASSES,
+    READABLE_TRANSFER_SYNTAXES,
+    UNCOMPRESSED_LITTLE_ENDIAN,
+    is_valid_uid,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,10 @@ def build_ae(config: Config) -> AE:
     association negotiation."""
     ae = AE(ae_title=config.node.ae_title)
     ae.add_supported_context(Verification)
+    # Storage commitment reports (N-EVENT-REPORT) a PACS sends on a new association: it proposes
+    # the SCP role for itself (SCP/SCU role selection, PS3.4 J.3.3); the node takes the SCU role.
+    ae.add_supported_context(STORAGE_COMMITMENT_PUSH_MODEL, list(UNCOMPRESSED_LITTLE_ENDIAN),
+                             scu_role=False, scp_role=True)  # fmt: skip
     for sop_class in sorted(RADIOGRAPH_SOP_CLASSES):
         ae.add_supported_context(sop_class, list(READABLE_TRANSFER_SYNTAXES))
     ae.maximum_pdu_size = MAXIMUM_PDU_SIZE
@@ -90,6 +101,11 @@ def start_server(
         (evt.EVT_RELEASED, handle_closed, [index, associations]),
         (evt.EVT_ABORTED, handle_closed, [index, associations]),
     ]
+    if isinstance(index, CommitmentQueue):  # the service's queue: it holds the transactions
+        from dicomnode.worker import retry_policy
+
+        handlers.append((evt.EVT_N_EVENT_REPORT, handle_commitment_report,
+                         [index, audit, retry_policy(config)]))  # fmt: skip
     address = (config.node.host, config.node.port)
     ssl_context = None
     if config.tls.enabled:

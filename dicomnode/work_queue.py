@@ -1,44 +1,35 @@
 """The durable work queue on top of the index: study claims and result deliveries.
 
 States move receiving -> complete (the completeness timer) -> analysing (a worker's claim) ->
-sending (results on disk) -> done or failed; out_of_scope when no wrist view was found. A study
-that received an instance after its claim goes back to receiving instead of done or failed: its
-results do not cover that instance, the next analysis revises them. Every move is one SQLite
-transaction, so a crash leaves each study in a state that `recover` resumes: a study caught
-analysing is analysed again (result UIDs are deterministic, a resend is idempotent), deliveries
-not yet made are retried. Each delivery attempt is claimed (`claim_due`), so two workers never
-send the same results at once.
+sending (results on disk) -> done (every destination has them; where a destination asks for
+storage commitment, once it confirmed them) or failed; out_of_scope when no wrist view was
+found. A study that received an instance after its claim goes back to receiving instead of
+done or failed: its results do not cover that instance, the next analysis revises them. Every
+move is one SQLite transaction, so a crash leaves each study in a state that `recover`
+resumes: a study caught analysing is analysed again (result UIDs are deterministic, a resend
+is idempotent), deliveries not yet made are retried, deliveries awaiting storage commitment
+keep waiting until their deadline. Each delivery attempt is claimed (`claim_due`), so two
+workers never send the same results at once.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicomnode.commitment_queue import CommitmentQueue
 from dicomnode.completeness import CompletenessParams, is_study_complete
-from dicomnode.index import Index, StudyRow
+from dicomnode.index import StudyRow
 from dicomnode.migrations import STAGE_BUCKETS, TIMINGS_KEPT_S
 from dicomnode.retry import RetryPolicy, next_attempt_at
+from dicomnode.settle import REVISION_REASON, needs_revision, settle_study
 from dicomnode.states import StudyState
 from dicomnode.supervision import AnalysisHealth
 
 STAGES = ("receive", "wait", "preprocess", "inference", "report", "send")
 LEASE_EXTRA_MESSAGES = 3
 """Beyond one per file, the exchanges a send may wait for: connect, association, release."""
-
-
-REVISION_REASON = "instance received during analysis"
-
-
-def _needs_revision(db: sqlite3.Connection, study_uid: str) -> bool:
-    """Whether an instance reached the study after its claim: the results just made do not
-    cover it, so instead of ending, the study goes back to the completeness timer ('receiving')
-    and is analysed again (a revision of the SR). The index only flags such an instance."""
-    row = db.execute("SELECT needs_revision FROM studies WHERE study_uid = ?",
-                     (study_uid,)).fetchone()  # fmt: skip
-    return bool(row and row[0])
 
 
 @dataclass(frozen=True)
@@ -62,9 +53,9 @@ class StageHistogram:
     sum: float
 
 
-class WorkQueue(Index):
-    """The index plus the operations of the analysis and sending side (its tables are made by
-    dicomnode.migrations, like the index's)."""
+class WorkQueue(CommitmentQueue):
+    """The index plus the operations of the analysis and sending side, storage commitment
+    included (its tables are made by dicomnode.migrations, like the index's)."""
 
     def promote_complete(self, now: float, params: CompletenessParams) -> list[str]:
         """Move every receiving study that is complete at `now` to 'complete'."""
@@ -122,7 +113,7 @@ class WorkQueue(Index):
             state: str
             if destinations:
                 state = StudyState.SENDING
-            elif _needs_revision(db, study_uid):
+            elif needs_revision(db, study_uid):
                 state, reason = StudyState.RECEIVING, REVISION_REASON
             else:
                 state, reason = final_state, reason or "no destination"
@@ -189,47 +180,7 @@ class WorkQueue(Index):
                 (attempts, first, next_at, status, reason, delivery.study_uid,
                  delivery.destination),
             )  # fmt: skip
-            rows = db.execute(
-                "SELECT status, final_state FROM deliveries WHERE study_uid = ?",
-                (delivery.study_uid,),
-            ).fetchall()
-            states = [r[0] for r in rows]
-            if all(s != "pending" for s in states):
-                final = rows[0][1] if all(s == "sent" for s in states) else StudyState.FAILED
-                failed = db.execute(
-                    "SELECT destination || ': ' || reason FROM deliveries "
-                    "WHERE study_uid = ? AND status = 'failed'", (delivery.study_uid,),
-                ).fetchall()  # fmt: skip
-                if _needs_revision(db, delivery.study_uid):
-                    db.execute(
-                        "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
-                        "WHERE study_uid = ? AND state = ?",
-                        (
-                            StudyState.RECEIVING,
-                            REVISION_REASON,
-                            now,
-                            delivery.study_uid,
-                            StudyState.SENDING,
-                        ),
-                    )
-                elif final == StudyState.FAILED:
-                    db.execute(
-                        "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
-                        "WHERE study_uid = ? AND state = ?",
-                        (
-                            final,
-                            "; ".join(r[0] for r in failed),
-                            now,
-                            delivery.study_uid,
-                            StudyState.SENDING,
-                        ),
-                    )
-                else:  # keep the reason given at scheduling (e.g. why out of scope)
-                    db.execute(
-                        "UPDATE studies SET state = ?, state_changed_at = ? "
-                        "WHERE study_uid = ? AND state = ?",
-                        (final, now, delivery.study_uid, StudyState.SENDING),
-                    )
+            settle_study(db, delivery.study_uid, now)
         return status
 
     def record_timing(self, study_uid: str, stage: str, seconds: float, at: float) -> None:

@@ -19,6 +19,7 @@ import os
 import random
 import signal
 import sqlite3
+import ssl
 import sys
 import threading
 import time
@@ -29,12 +30,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from dicomnode.audit import AuditLog
-from dicomnode.config import Config, Destination
+from dicomnode.commitment import expire_overdue, request_commitment
+from dicomnode.config import RESULT_KINDS, Config, Destination
 from dicomnode.index import StudyRow
 from dicomnode.logs import configure_logging
 from dicomnode.model_check import ModelFault, load_checked, self_test
 from dicomnode.retry import RetryPolicy
-from dicomnode.sender import send_files
+from dicomnode.sender import SendResult, send_files
 from dicomnode.spool import Spool
 from dicomnode.states import StudyState
 from dicomnode.supervision import AnalysisHealth, RestartPolicy, after_failure, after_running
@@ -82,7 +84,10 @@ def retry_policy(config: Config) -> RetryPolicy:
 
 
 def destination_key(destination: Destination) -> str:
-    """How a destination is named in the queue and in status output."""
+    """How a destination is named in the queue and in status output: its url for DICOMweb,
+    AET@HOST:PORT for DIMSE (the names older databases hold)."""
+    if destination.url:
+        return destination.url
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
@@ -124,9 +129,11 @@ def run_worker(config: Config, stop: EventType, parent: int,
                 report_out_of_scope=config.results.report_out_of_scope,
                 drift=drift,
                 shadow=shadow,
+                send=config.results.send,
             )
             if not shadow:  # shadow mode sends nothing, not even what was due before
                 worked = deliver_due(queue, destinations, config, policy) or worked
+                worked = expire_overdue(queue, config, policy) or worked
         except ModelFault as fault:
             _stop_for_model(queue, report, fault)
         except Exception as exc:
@@ -185,9 +192,11 @@ def analyse_next(
     report_out_of_scope: bool = False,
     drift: DriftMonitor | None = None,
     shadow: bool = False,
+    send: tuple[str, ...] = RESULT_KINDS,
 ) -> bool:
     """Claim and analyse one complete study; False when there was none. `drift` counts its
-    outcome; in `shadow` mode its results are kept and scheduled nowhere.
+    outcome; in `shadow` mode its results are kept and scheduled nowhere. `send` names the
+    result objects written ([results] send).
 
     A full disk (results or index) puts the study back in the queue, without the results this
     attempt wrote (never sent, they must not become the predecessor of the next SR), and
@@ -202,7 +211,7 @@ def analyse_next(
     try:
         _analyse_claimed(queue, study, bundle, results, [] if shadow else destinations,
                          report_out_of_scope=report_out_of_scope, drift=drift,
-                         shadow=shadow)  # fmt: skip
+                         shadow=shadow, send=send)  # fmt: skip
     except Exception as exc:
         if not (is_disk_full(exc) or isinstance(exc, ModelFault)):
             raise
@@ -236,6 +245,7 @@ def _analyse_claimed(
     report_out_of_scope: bool,
     drift: DriftMonitor | None = None,
     shadow: bool = False,
+    send: tuple[str, ...] = RESULT_KINDS,
 ) -> None:
     """Analyse a claimed study and schedule its results (or mark it failed or out of scope)."""
     from dicomnode.analysis import analyse_study
@@ -246,7 +256,7 @@ def _analyse_claimed(
     queue.record_timing(study.study_uid, "wait", claimed - study.last_received, claimed)
     try:
         outcome = analyse_study(study.study_uid, queue.instances(study.study_uid), bundle, results,
-                                report_out_of_scope=report_out_of_scope)  # fmt: skip
+                                report_out_of_scope=report_out_of_scope, send=send)  # fmt: skip
     except Exception as exc:  # one bad study must not stop the worker
         if is_disk_full(exc):  # transient: the study is not at fault (see analyse_next)
             raise
@@ -331,7 +341,7 @@ def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Desti
         return
     started = time.time()
     tls = None
-    if destination.tls:
+    if destination.uses_tls:
         from dicomnode.tls import TlsError, client_context
 
         try:
@@ -341,18 +351,17 @@ def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Desti
             queue.record_attempt(delivery, sent=False, reason=str(exc), now=time.time(),
                                  policy=policy, random_unit=random.random())  # fmt: skip
             return
-    result = send_files(destination, list(delivery.files), calling_aet=config.node.ae_title,
-                        timeout_s=config.sending.timeout_seconds, tls=tls)  # fmt: skip
+    result = send_results(destination, list(delivery.files), config, tls)
     queue.record_timing(delivery.study_uid, "send", time.time() - started, time.time())
     reasons = sorted({o.reason for o in result.outcomes if not o.sent})
-    status = queue.record_attempt(
-        delivery,
-        sent=result.all_sent,
-        reason="; ".join(reasons),
-        now=time.time(),
-        policy=policy,
-        random_unit=random.random(),
-    )
+    # Stored, yet delivered only once the PACS commits (a commitment step after the audit line).
+    commit = destination.storage_commitment and bool(result.outcomes) and result.all_sent
+    if commit:
+        status = "committing"
+    else:
+        status = queue.record_attempt(delivery, sent=result.all_sent, reason="; ".join(reasons),
+                                      now=time.time(), policy=policy,
+                                      random_unit=random.random())  # fmt: skip
     log.info("study %s to %s: %s%s", delivery.study_uid, delivery.destination, status,
              f" ({'; '.join(reasons)})" if reasons else "")  # fmt: skip
     AuditLog(config.audit_path).record(
@@ -364,6 +373,21 @@ def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Desti
         outcome=status,
         reason="; ".join(reasons),
     )
+    if commit:
+        request_commitment(queue, delivery.study_uid, delivery.destination, destination,
+                           result.outcomes, config, policy, tls)  # fmt: skip
+
+
+def send_results(destination: Destination, files: list[Path], config: Config,
+                 tls: ssl.SSLContext | None) -> SendResult:  # fmt: skip
+    """Deliver `files` by the destination's protocol: STOW-RS to a DICOMweb url, else C-STORE."""
+    if destination.url:
+        from dicomnode.stow import store_dicomweb  # requests: only in the worker processes
+
+        return store_dicomweb(destination, files, timeout_s=config.sending.timeout_seconds,
+                              tls=tls)  # fmt: skip
+    return send_files(destination, files, calling_aet=config.node.ae_title,
+                      timeout_s=config.sending.timeout_seconds, tls=tls)  # fmt: skip
 
 
 class WorkerPool:

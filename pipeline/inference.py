@@ -23,6 +23,7 @@ from pipeline.aggregation import aggregate
 from pipeline.dicomio import Radiograph
 from pipeline.gradcam import grad_cam
 from pipeline.models import build_aggregator, build_view_model, with_test_time_flip
+from pipeline.ood import NOT_ANALYSABLE, FeatureCapture, OodDetector, feature_layers
 from pipeline.preprocess.params_io import params_from_dict
 from pipeline.preprocess.study import (
     PreprocessedInstance,
@@ -69,6 +70,9 @@ class BundleInfo:
     drift_reference: dict[str, Any] = field(default_factory=dict)
     """Level rates and probability bins on validation data (`pipeline.drift`); empty in older
     bundles, whose drift the node counts but does not judge."""
+    ood: dict[str, Any] = field(default_factory=dict)
+    """The out-of-distribution detector (`pipeline.ood.OodDetector.save`: score, threshold,
+    validation figures; arrays in `ood.npz`); empty in older bundles, which never abstain."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,12 @@ class ViewPrediction:
     """Calibrated (temperature-scaled) probability of a visible fracture."""
     heatmap: np.ndarray | None
     """Grad-CAM in model-input coordinates, float32 (height, width) in [0, 1]."""
+    ood_score: float | None = None
+    """The bundle's out-of-distribution score (higher: more unlike the validation images);
+    None when the bundle has no detector."""
+    abstained: bool = False
+    """The score is beyond the detector's threshold: the view is not analysable, its logit and
+    probability are NaN and its heat map None, so nothing can report them by mistake."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,14 @@ class StudyPrediction:
     in_scope: bool
     reason: str
     """Why out of scope (no wrist view), or a one-line summary."""
+    abstained: bool = False
+    """Every view abstained (`pipeline.ood`): the study is not analysable (`in_scope` False,
+    `reason` NOT_ANALYSABLE) although its images are wrists, so the node reports it."""
+
+    @property
+    def analysed_views(self) -> tuple[ViewPrediction, ...]:
+        """The views that have a probability (those the detector did not abstain on)."""
+        return tuple(v for v in self.views if not v.abstained)
 
 
 class ModelBundle:
@@ -106,6 +124,7 @@ class ModelBundle:
         self.path, self.info, self.model, self.aggregator = path, info, model, aggregator
         self.device = device
         self.preprocess_params: PreprocessParams = params_from_dict(info.preprocess)
+        self.ood: OodDetector | None = None
 
     @classmethod
     def load(cls, path: Path | str, *, device: str = "cpu") -> ModelBundle:
@@ -136,7 +155,13 @@ class ModelBundle:
             aggregator.to(device).eval()
         if info.aggregation == "learned" and aggregator is None:
             raise BundleError(f"{folder}: aggregation 'learned' but no aggregator weights")
-        return cls(folder, info, model.to(device).eval(), aggregator, torch.device(device))
+        bundle = cls(folder, info, model.to(device).eval(), aggregator, torch.device(device))
+        if info.ood:
+            try:
+                bundle.ood = OodDetector.load(folder, info.ood)
+            except (OSError, KeyError, ValueError) as exc:
+                raise BundleError(f"{folder}: OOD detector unusable ({exc})") from exc
+        return bundle
 
     def predict(self, radiographs: Sequence[Radiograph], *, heatmaps: bool = True,
                 timings: dict[str, float] | None = None) -> StudyPrediction:  # fmt: skip
@@ -153,12 +178,20 @@ class ModelBundle:
             return StudyPrediction(0.0, "negative", (), instances, False,
                                    f"no wrist view to analyse: {reasons}")  # fmt: skip
         predictions = tuple(self._predict_view(v, heatmaps) for v in views)
-        study_logit = self._study_logit(views, predictions)
+        kept = [(v, p) for v, p in zip(views, predictions, strict=True) if not p.abstained]
+        if not kept:
+            if timings is not None:
+                timings["inference"] = time.perf_counter() - preprocessed
+            return StudyPrediction(0.0, "negative", predictions, instances, False, NOT_ANALYSABLE,
+                                   abstained=True)  # fmt: skip
+        study_logit = self._study_logit([v for v, _ in kept], tuple(p for _, p in kept))
         if timings is not None:
             timings["inference"] = time.perf_counter() - preprocessed
         probability = _sigmoid(study_logit / self.info.study_temperature)
         level = self.level(probability)
-        summary = f"{len(views)} view(s) analysed, study probability {probability:.3f} ({level})"
+        summary = f"{len(kept)} view(s) analysed, study probability {probability:.3f} ({level})"
+        if len(kept) < len(views):
+            summary += f"; {len(views) - len(kept)} view(s) {NOT_ANALYSABLE}"
         return StudyPrediction(probability, level, predictions, instances, True, summary)
 
     def level(self, probability: float) -> str:
@@ -176,13 +209,28 @@ class ModelBundle:
 
     def _predict_view(self, view: View, heatmap: bool) -> ViewPrediction:
         x = self.tensor(view)
-        if heatmap:
-            logit, cam = grad_cam(self.model, x)
-        else:
-            with torch.no_grad():
-                logit, cam = float(self.model(x)[0]), None
+        detector = self.ood
+        # The detector's features come from the very pass that scores the view (hooks).
+        capture = FeatureCapture(
+            feature_layers(self.model, detector.layer)
+            if detector is not None and detector.needs_features
+            else []
+        )
+        with capture.recording():
+            if heatmap:
+                logit, cam = grad_cam(self.model, x)
+            else:
+                with torch.no_grad():
+                    logit, cam = float(self.model(x)[0]), None
+        if detector is None:
+            return ViewPrediction(view, float(logit), _sigmoid(logit / self.info.view_temperature),
+                                  cam)  # fmt: skip
+        features = capture.features(1) if detector.needs_features else None
+        score = float(detector.scores(features, np.array([logit]))[0])
+        if detector.abstains(score):
+            return ViewPrediction(view, math.nan, math.nan, None, score, abstained=True)
         probability = _sigmoid(logit / self.info.view_temperature)
-        return ViewPrediction(view, float(logit), probability, cam)
+        return ViewPrediction(view, float(logit), probability, cam, score)
 
     def _study_logit(self, views: list[View], predictions: tuple[ViewPrediction, ...]) -> float:
         if self.info.aggregation == "learned" and self.aggregator is not None:

@@ -15,12 +15,16 @@ corner of that pixel, so `dicom_points` adds 0.5.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from skimage import measure
 
 from pipeline.preprocess.study import View
+
+if TYPE_CHECKING:
+    from pipeline.inference import ViewPrediction
 
 PEAK_FRACTION = 0.5
 """The region holds the map where it reaches this fraction of its peak (half maximum)."""
@@ -86,6 +90,28 @@ def suspected_region(
         peak=(float(peak[0]), float(peak[1])),
         view_box=(x0, y0, x1, y1),
     )
+
+
+def marked_region(view: ViewPrediction, possible: float) -> Region | None:
+    """The region the results mark for a view: only at or above the "possible" operating point,
+    and only when its heat map points somewhere. The node's SR, its presentation state and the
+    localisation figures all use this one rule."""
+    if view.probability < possible:
+        return None
+    return suspected_region(view.view, view.heatmap)
+
+
+def analysed_region(view: View) -> Region:
+    """The whole part of the source image that `view` shows the model (its outer edges), for
+    results that must name a region where nothing was found there."""
+    height, width = view.pixels.shape
+    box = np.array(
+        [[-0.5, -0.5], [width - 0.5, -0.5], [width - 0.5, height - 0.5], [-0.5, height - 0.5]]
+    )
+    corners = np.asarray(view.to_source(box), dtype=np.float64)
+    centre = view.to_source(np.array([[(width - 1) / 2.0, (height - 1) / 2.0]]))[0]
+    point = (float(centre[0]), float(centre[1]))
+    return Region(corners=corners, centre=point, peak=point, view_box=(0, 0, width - 1, height - 1))
 
 
 def distance_to_points(point: tuple[float, float], line: npt.NDArray[np.float64]) -> float:

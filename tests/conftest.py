@@ -30,6 +30,12 @@ TOOL_PACKAGES = {
     "storescu": "dcmtk",
     "Orthanc": "orthanc",
     "java": "default-jre-headless",
+    "chromium": "chromium",
+    "dcmqridx": "dcmtk",
+    "Xvfb": "xvfb",
+    "xdotool": "xdotool",
+    "xwd": "x11-apps",
+    "xwdtopnm": "netpbm",
 }
 
 

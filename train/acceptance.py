@@ -368,7 +368,7 @@ def _study_score(uid: str, label: int, info: BundleInfo, prediction: StudyPredic
         True,
         prediction.probability,
         raw_study_logit(info, prediction),
-        tuple(v.logit for v in prediction.views),
+        tuple(v.logit for v in prediction.analysed_views),
         prediction.level,
         prediction.reason,
     )
@@ -377,7 +377,7 @@ def _study_score(uid: str, label: int, info: BundleInfo, prediction: StudyPredic
 def raw_study_logit(info: BundleInfo, prediction: StudyPrediction) -> float:
     """The study logit before the study temperature, as `ModelBundle.predict` computed it."""
     if info.aggregation in AGGREGATIONS:
-        views = [_sigmoid(v.logit) for v in prediction.views]
+        views = [_sigmoid(v.logit) for v in prediction.analysed_views]
         p = min(max(aggregate(views, info.aggregation), 1e-7), 1 - 1e-7)
     else:  # a learned aggregator: undo the temperature on the reported probability
         p = min(max(prediction.probability, 1e-15), 1 - 1e-15)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from train.acceptance_cli import add_accept_command
 from train.fetch import add_fetch_command
+from train.ood_cli import add_ood_command
 from train.training_cli import add_training_commands
 from train.view_reader.cli import add_view_reader_command
 
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     add_fetch_command(commands)
     add_accept_command(commands)
     add_training_commands(commands)
+    add_ood_command(commands)
     add_view_reader_command(commands)
 
     args = parser.parse_args(argv)

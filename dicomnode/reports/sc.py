@@ -28,6 +28,7 @@ from dicomnode.reports.sr import (
 )
 from dicomnode.reports.uids import result_uid
 from pipeline.inference import StudyPrediction, ViewPrediction
+from pipeline.ood import NOT_ANALYSABLE
 
 SC_SERIES_NUMBER = 9902
 _BIPED = {"A", "P", "R", "L", "H", "F"}
@@ -62,7 +63,7 @@ def build_sc(
     painted = [(v.view, v.heatmap) for v in views if v.heatmap is not None]
     if painted:
         rgb = blend_heat(rgb, heat_on_grid(painted, source_shape, shape))
-    rgb = draw_banner(rgb, *_banner_text(views, prediction, context))
+    rgb = draw_banner(rgb, *banner_text(views, prediction, context))
 
     study_uid = str(source.StudyInstanceUID)
     version = model_version(context.bundle)
@@ -109,18 +110,23 @@ def build_sc(
     return sc
 
 
-def _banner_text(
+def banner_text(
     views: Sequence[ViewPrediction], prediction: StudyPrediction, context: ReportContext
 ) -> tuple[str, list[str]]:
-    image_probability = max(v.probability for v in views)
-    image_level = LEVEL_TEXT[level_of(image_probability, context.bundle)]
+    """The banner's headline and lines for the image of `views`. Views the model abstained on
+    show no probability: the image (or its parts) is said to be not analysable."""
     headline = f"{LEVEL_TEXT[prediction.level]} (study)"
-    return headline, [
-        f"Study p = {prediction.probability:.2f} | this image p = {image_probability:.2f}"
-        f" ({image_level.lower()})",
-        f"{context.bundle.name} {context.bundle.version}",
-        DISCLAIMER,
-    ]
+    analysed = [v for v in views if not v.abstained]
+    if analysed:
+        image_probability = max(v.probability for v in analysed)
+        image_level = LEVEL_TEXT[level_of(image_probability, context.bundle)]
+        result = [f"Study p = {prediction.probability:.2f} | this image p = "
+                  f"{image_probability:.2f} ({image_level.lower()})"]  # fmt: skip
+        if len(analysed) < len(views):
+            result.append(f"{len(views) - len(analysed)} part(s) of this image {NOT_ANALYSABLE}")
+    else:
+        result = [f"Study p = {prediction.probability:.2f}", f"This image: {NOT_ANALYSABLE}"]
+    return headline, [*result, f"{context.bundle.name} {context.bundle.version}", DISCLAIMER]
 
 
 def _orientation(source: Dataset) -> tuple[str, str] | None:

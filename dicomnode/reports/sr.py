@@ -14,6 +14,19 @@ Codes, and why:
   Identification Sequence. (Free CODE items with other concept names, as earlier versions wrote,
   are "not in template" for the validator.) Views get the same operating points on their own
   probability.
+- Where: every group is a TID 1410 planar-ROI group whose Image Region is a SCOORD POLYLINE in
+  the source image's pixel coordinates, so a viewer can point at it. A view at or above
+  "possible" whose heat map gives a region names the box around the suspected site
+  (`pipeline.localisation.marked_region`); any other view names the part of its image the model
+  analysed (`analysed_region`); the study group, last, names the region of its most suspicious
+  located view, or with none located the analysed part of its most suspicious view (the
+  study's other images stay in the evidence). One template for all groups because PixelMed's
+  validator (20220618 and 20251203 alike) decides the template of the groups in Imaging
+  Measurements from the container as a whole: once one group holds a SCOORD, every group is
+  checked as TID 1410. And OHIF 3.13 shows nothing of a report whose groups have no region,
+  and fails on one that mixes groups with and without (docs/VIEWER.md). Suspected groups come
+  first: OHIF's SR viewport opens on the first group.
+- Codes come from `pydicom.sr.codedict.codes` wherever the dictionary has them.
 """
 
 from __future__ import annotations
@@ -23,24 +36,29 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
+import numpy as np
+import numpy.typing as npt
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DataElementSequence
+from pydicom.sr.codedict import codes
 
 from dicomnode.identity import DISCLAIMER, MANUFACTURER, MODEL_NAME, SERIES_DESCRIPTION_PREFIX
 from dicomnode.reports.uids import result_uid
-from pipeline.inference import BundleInfo, StudyPrediction
+from pipeline.inference import BundleInfo, StudyPrediction, ViewPrediction
+from pipeline.localisation import Region, analysed_region, marked_region
 
 PRIVATE_SCHEME = "99WRISTAI"
-PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
-WRIST = hd.sr.CodedConcept("74670003", "SCT", "Wrist joint")
-FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")
-PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
-NO_UNITS = hd.sr.CodedConcept("1", "UCUM", "no units")
-FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
+PROCEDURE = codes.SCT.ImagingProcedure
+WRIST = codes.SCT.WristJoint
+FRACTURE = hd.sr.CodedConcept("125605004", "SCT", "Fracture of bone")  # not in pydicom's dict
+PROBABILITY = codes.DCM.Probability
+NO_UNITS = codes.UCUM.NoUnits
+FINDING = codes.DCM.Finding
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-IMAGING_MEASUREMENT_REPORT = hd.sr.CodedConcept("126000", "DCM", "Imaging Measurement Report")
-PROCEDURE_REPORTED = hd.sr.CodedConcept("121058", "DCM", "Procedure reported")
+IMAGING_MEASUREMENT_REPORT = codes.DCM.ImagingMeasurementReport
+PROCEDURE_REPORTED = codes.DCM.ProcedureReported
+DEVICE = codes.DCM.Device
 ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
 LEVEL_TEXT = {"likely": "Fracture likely", "possible": "Fracture possible",
               "negative": "No fracture detected"}  # fmt: skip
@@ -48,6 +66,9 @@ LEVEL_VALUES = {
     level: hd.sr.CodedConcept(level.upper(), PRIVATE_SCHEME, text)
     for level, text in LEVEL_TEXT.items()
 }
+NOT_ANALYSABLE_VALUE = hd.sr.CodedConcept(
+    "NOT_ANALYSABLE", PRIVATE_SCHEME, "Not analysable: unlike the images the model was validated on"
+)
 SR_SERIES_NUMBER = 9901
 PROBABILITY_DIGITS = 4
 """Decimals of the stored probabilities (the SR's value is round(p, PROBABILITY_DIGITS))."""
@@ -72,7 +93,7 @@ def model_version(bundle: BundleInfo) -> str:
     return f"{bundle.name} {bundle.version}"
 
 
-SERIES_CONTENTS = {"sr": "fracture report", "sc": "heat map"}
+SERIES_CONTENTS = {"sr": "fracture report", "sc": "heat map", "gsps": "fracture marks"}
 """What each result series holds, as its Series Description says it (once)."""
 
 
@@ -100,7 +121,8 @@ def build_sr(prediction: StudyPrediction, context: ReportContext) -> Dataset:
         raise ValueError("an SR needs at least one source instance")
     by_uid = {str(ds.SOPInstanceUID): ds for ds in context.sources}
     algorithm = _algorithm(context.bundle)
-    groups = [_group(context, "Study", prediction.probability, context.sources, algorithm)]
+    regions = [view_region(view, context.bundle) for view in prediction.views]
+    sources = []
     for index, view in enumerate(prediction.views, start=1):
         source = by_uid.get(view.view.sop_instance_uid)
         if source is None:
@@ -108,9 +130,31 @@ def build_sr(prediction: StudyPrediction, context: ReportContext) -> Dataset:
                 f"view {index}: SOP Instance {view.view.sop_instance_uid} is not among the "
                 "report's sources"
             )
+        sources.append(source)
+    # Every group is a TID 1410 group with an image region (see the module docstring): a view
+    # with nothing to point at names the part of the image it analysed.
+    shown = [region if region is not None else analysed_region(view.view)
+             for view, region in zip(prediction.views, regions, strict=True)]  # fmt: skip
+    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations] = []
+    for index, (view, source, region) in enumerate(zip(prediction.views, sources, shown,
+                                                       strict=True), start=1):  # fmt: skip
         label = f"View {index} (image part {view.view.part + 1} of {view.view.n_parts})"
         extra = f"{view.view.sop_instance_uid}/{view.view.part}"
-        groups.append(_group(context, label, view.probability, [source], algorithm, extra))
+        probability = None if view.abstained else view.probability  # no result: no number
+        groups.append(_roi_group(context, label, probability, source, region, algorithm,
+                                 extra))  # fmt: skip
+    # Suspected views first, the study group last: OHIF's SR viewport opens on the first group.
+    scored = [i for i, view in enumerate(prediction.views) if not view.abstained]
+    suspected = {
+        i for i in scored if level_of(prediction.views[i].probability, context.bundle) != "negative"
+    }
+    groups = [groups[i] for i in sorted(range(len(groups)), key=lambda i: i not in suspected)]
+    # The study group points where the study's result comes from: its most suspicious located
+    # view, or, with nothing located, its most suspicious view's analysed part.
+    located = [i for i, region in enumerate(regions) if region is not None]
+    top = max(located or scored or [0], key=lambda i: prediction.views[i].probability)
+    groups.append(_roi_group(context, "Study", prediction.probability, sources[top], shown[top],
+                             algorithm, "study"))  # fmt: skip
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(context.bundle),
         procedure_reported=PROCEDURE,
@@ -136,7 +180,12 @@ def build_not_analysed_sr(reason: str, context: ReportContext) -> Dataset:
     evaluations = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=contains
     )
-    finding = hd.sr.TextContentItem(FINDING, f"Not analysed: {reason}", contains)
+    # An abstention's reason says "not analysable" itself; other reasons get the prefix.
+    if reason.startswith("not analysable"):
+        text = reason[:1].upper() + reason[1:]
+    else:
+        text = f"Not analysed: {reason}"
+    finding = hd.sr.TextContentItem(FINDING, text, contains)
     evaluations.ContentSequence = hd.sr.ContentSequence([finding])
     root.ContentSequence.append(evaluations)
     return _document(root, context, "sr-not-analysed", reason)
@@ -176,42 +225,81 @@ def _observation_context(bundle: BundleInfo) -> hd.sr.ObservationContext:
         model_name=model_version(bundle),
     )
     observer = hd.sr.ObserverContext(
-        observer_type=hd.sr.CodedConcept("121007", "DCM", "Device"),
+        observer_type=DEVICE,
         observer_identifying_attributes=device,
     )
     return hd.sr.ObservationContext(observer_device_context=observer)
 
 
-def _group(
-    context: ReportContext,
-    label: str,
-    probability: float,
-    sources: Sequence[Dataset],
-    algorithm: hd.sr.AlgorithmIdentification,
-    extra: str = "study",
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    level = level_of(probability, context.bundle)
+def view_region(view: ViewPrediction, bundle: BundleInfo) -> Region | None:
+    """The suspected region the results mark for a view (`pipeline.localisation.marked_region`
+    at the bundle's "possible" operating point): the SR's SCOORD, the presentation state's box.
+    None for a view the model abstained on: it has no result to mark."""
+    if view.abstained:
+        return None
+    return marked_region(view, bundle.thresholds["possible"])
+
+
+def _tracking(context: ReportContext, label: str, extra: str) -> hd.sr.TrackingIdentifier:
+    """Tracking Identifier and Tracking Unique Identifier (OHIF shows groups with both)."""
     study_uid = str(context.sources[0].StudyInstanceUID)
     inputs = [str(ds.SOPInstanceUID) for ds in context.sources]
-    tracking = hd.sr.TrackingIdentifier(
+    return hd.sr.TrackingIdentifier(
         uid=result_uid("tracking", study_uid, model_version(context.bundle), inputs, extra),
         identifier=label,
     )
-    measurement = hd.sr.Measurement(
+
+
+def _probability(probability: float, algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measurement:
+    """The probability as a NUM with its TID 4019 algorithm identification."""
+    return hd.sr.Measurement(
         name=PROBABILITY,
         value=round(probability, PROBABILITY_DIGITS),
         unit=NO_UNITS,
         algorithm_id=algorithm,
     )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
+
+
+def _result(
+    probability: float | None, context: ReportContext, algorithm: hd.sr.AlgorithmIdentification
+) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    """A group's probability and level; no probability (None: the view abstained) gives no
+    measurement and the "not analysable" finding."""
+    if probability is None:
+        return [], [hd.sr.QualitativeEvaluation(FINDING, NOT_ANALYSABLE_VALUE)]
+    level = LEVEL_VALUES[level_of(probability, context.bundle)]
+    return [_probability(probability, algorithm)], [hd.sr.QualitativeEvaluation(FINDING, level)]
+
+
+def _within(points: npt.NDArray[np.float32], source: Dataset) -> npt.NDArray[np.float32]:
+    """SCOORD points kept on the image: a rotated view's box may reach past its edges."""
+    limits = np.array([float(source.Columns), float(source.Rows)], dtype=np.float32)
+    return np.clip(points, 0.0, limits).astype(np.float32)
+
+
+def _roi_group(
+    context: ReportContext,
+    label: str,
+    probability: float | None,
+    source: Dataset,
+    region: Region,
+    algorithm: hd.sr.AlgorithmIdentification,
+    extra: str,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A TID 1410 group: the view's result with its suspected region as a SCOORD POLYLINE."""
+    image_region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=_within(region.dicom_points(), source),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+    )
+    measurements, evaluations = _result(probability, context, algorithm)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=_tracking(context, label, extra),
+        referenced_region=image_region,
         finding_type=FRACTURE,
         finding_sites=[hd.sr.FindingSite(anatomic_location=WRIST)],
-        measurements=[measurement],
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(FINDING, LEVEL_VALUES[level]),
-        ],
-        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(s) for s in sources],
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations,
     )
 
 

@@ -38,3 +38,17 @@ STORE_WARNINGS = frozenset(
         WARNING_DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     }
 )
+
+# N-EVENT-REPORT failures (PS3.7 10.1.1.1.8, Annex C.4) the node answers a storage commitment
+# report with (PS3.4 J.3.3).
+NO_SUCH_SOP_INSTANCE = 0x0112
+"""Failure: No such SOP Instance. The report is not about the well-known Storage Commitment Push
+Model SOP Instance (1.2.840.10008.1.20.1.1)."""
+
+NO_SUCH_EVENT_TYPE = 0x0113
+"""Failure: No such event type. Only 1 (all committed) and 2 (failures exist) are defined."""
+
+INVALID_ARGUMENT_VALUE = 0x0115
+"""Failure: Invalid argument value. The report's Transaction UID is not one this node issued to
+the reporting AE (or the Event Information lacks one): the value, not the SOP class/instance
+(0x0119 Class-Instance conflict) nor the node's own processing (0x0110), is what is wrong."""

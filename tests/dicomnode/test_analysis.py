@@ -41,7 +41,7 @@ def _index(index: Index, row: dict[str, str], path: Path) -> None:
                           association_id="a", received_at=time.time(), ours=False)  # fmt: skip
 
 
-def test_a_wrist_study_gives_an_sr_and_one_sc_per_image(
+def test_a_wrist_study_gives_an_sr_and_one_gsps_and_one_sc_per_image(
     bundle: ModelBundle, synthetic_archive: Path, tmp_path: Path
 ) -> None:
     index, uid = _received(synthetic_archive, tmp_path, wrist=True)
@@ -50,6 +50,7 @@ def test_a_wrist_study_gives_an_sr_and_one_sc_per_image(
     assert outcome.in_scope and outcome.prediction is not None
     modalities = sorted(str(pydicom.dcmread(f).Modality) for f in outcome.files)
     assert modalities.count("SR") == 1 and modalities.count("OT") == len(instances)
+    assert modalities.count("PR") == len(instances)
     assert {"preprocess", "inference", "report"} <= set(outcome.timings)
     again = analyse_study(uid, instances, bundle, Spool(tmp_path / "results"))
     # The same inputs and model again (a crash before sending, the study received twice): the

@@ -12,6 +12,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.sr.codedict import codes
 
 from dicomnode.identity import DISCLAIMER, MANUFACTURER, SERIES_DESCRIPTION_PREFIX
 from dicomnode.reports import ReportContext, build_not_analysed_sr, build_sc, build_sr
@@ -20,6 +21,7 @@ from dicomnode.reports.sr import PROBABILITY, PROBABILITY_DIGITS, is_not_analyse
 from dicomnode.reports.uids import result_uid
 from pipeline.dicomio import read_radiograph
 from pipeline.inference import ModelBundle, StudyPrediction
+from pipeline.localisation import analysed_region, suspected_region
 from tests.conftest import require_tool
 from train.phantoms.archive import generate_archive, read_truth
 
@@ -144,8 +146,12 @@ def test_sr_is_valid_and_carries_the_result(study: Study, tmp_path: Path) -> Non
 
     parsed = hd.sr.srread(path)
     report = parsed.content
-    measurement_groups = report.get_image_measurement_groups()
+    # Nothing located in this study: every group still names a region (OHIF shows only those),
+    # the part of the image each view analysed; the study group, last, its most suspicious one.
+    assert report.get_image_measurement_groups() == []
+    measurement_groups = report.get_planar_roi_measurement_groups()
     assert len(measurement_groups) == 1 + len(study.prediction.views)
+    assert measurement_groups[-1].tracking_identifier == "Study"
     by_label = {g.tracking_identifier: g for g in measurement_groups}
     study_value = by_label["Study"].get_measurements(name=PROBABILITY)[0].value
     assert study_value == pytest.approx(stored, abs=1e-9)
@@ -154,13 +160,82 @@ def test_sr_is_valid_and_carries_the_result(study: Study, tmp_path: Path) -> Non
         group = by_label[label]
         value = group.get_measurements(name=PROBABILITY)[0].value
         assert value == pytest.approx(round(view.probability, PROBABILITY_DIGITS), abs=1e-9)
-        assert [s.referenced_sop_instance_uid for s in group.source_images] == [
-            view.view.sop_instance_uid
-        ]
-    referenced = {s.referenced_sop_instance_uid for s in by_label["Study"].source_images}
-    assert referenced == {str(s.SOPInstanceUID) for s in study.sources}
+        (image,) = group.roi.ContentSequence
+        assert image.referenced_sop_instance_uid == view.view.sop_instance_uid
+        source = _source(study, view)
+        analysed = np.clip(analysed_region(view.view).dicom_points(), 0,
+                           [int(source.Columns), int(source.Rows)])  # fmt: skip
+        np.testing.assert_allclose(group.roi.value, analysed, atol=1e-3)
+    top = max(study.prediction.views, key=lambda v: v.probability)
+    (image,) = by_label["Study"].roi.ContentSequence
+    assert image.referenced_sop_instance_uid == top.view.sop_instance_uid
     evidence = {uid for _, _, uid, _ in parsed.get_evidence()}
     assert evidence == {str(s.SOPInstanceUID) for s in study.sources}
+
+
+def _localised(study: Study) -> StudyPrediction:
+    """The study with its first view "likely" and a heat-map blob, the others negative."""
+    first = study.prediction.views[0]
+    height, width = first.view.pixels.shape
+    heat = np.zeros((height, width), dtype=np.float32)
+    heat[height // 2 : height // 2 + 12, width // 3 : width // 3 + 10] = 1.0
+    views = [dataclasses.replace(first, probability=0.97, heatmap=heat)]
+    views += [dataclasses.replace(v, probability=0.01) for v in study.prediction.views[1:]]
+    return dataclasses.replace(study.prediction, probability=0.97, level="likely",
+                               views=tuple(views))  # fmt: skip
+
+
+def test_a_suspected_view_carries_its_region_as_a_scoord(study: Study, tmp_path: Path) -> None:
+    prediction = _localised(study)
+    path = tmp_path / "sr.dcm"
+    _round_trip(build_sr(prediction, study.context), path)
+    assert _dciodvfy_errors(path) == []
+    assert _pixelmed_findings(path) == []  # one located view: PixelMed checks all as TID 1410
+
+    report = hd.sr.srread(path).content
+    assert report.get_image_measurement_groups() == []
+    groups = report.get_planar_roi_measurement_groups()
+    assert len(groups) == len(prediction.views) + 1
+    view = prediction.views[0]
+    region = suspected_region(view.view, view.heatmap)
+    assert region is not None
+    first, study_group = groups[0], groups[-1]
+    assert first.tracking_identifier == f"View 1 (image part {view.view.part + 1} of " + (
+        f"{view.view.n_parts})"
+    )
+    assert first.tracking_uid and study_group.tracking_identifier == "Study"
+    for group, expected in [(first, region), (study_group, region)]:
+        assert group.reference_type == codes.DCM.ImageRegion
+        assert group.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        np.testing.assert_allclose(group.roi.value, expected.dicom_points(), atol=1e-3)
+        (image,) = group.roi.ContentSequence
+        assert image.referenced_sop_instance_uid == view.view.sop_instance_uid
+
+    def level(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> str:
+        # The level is the "Finding" evaluation in the node's scheme (the finding type is the
+        # other "Finding" item, in SCT).
+        (value,) = [
+            item.ConceptCodeSequence[0]
+            for item in group[0].ContentSequence
+            if item.ValueType == "CODE"
+            and item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.Finding.value
+            and item.ConceptCodeSequence[0].CodingSchemeDesignator == "99WRISTAI"
+        ]
+        return str(value.CodeValue)
+
+    assert level(first) == level(study_group) == "LIKELY"
+    # The negative views name the part of their image the model analysed, not a suspicion.
+    for group, negative in zip(groups[1:-1], prediction.views[1:], strict=True):
+        assert level(group) == "NEGATIVE"
+        analysed = analysed_region(negative.view).dicom_points()
+        rows, columns = (int(s.Rows), int(s.Columns)) if (s := _source(study, negative)) else (0, 0)
+        np.testing.assert_allclose(group.roi.value, np.clip(analysed, 0, [columns, rows]),
+                                   atol=1e-3)  # fmt: skip
+
+
+def _source(study: Study, view: object) -> pydicom.Dataset:
+    uid = view.view.sop_instance_uid  # type: ignore[attr-defined]
+    return next(s for s in study.sources if s.SOPInstanceUID == uid)
 
 
 def test_the_sr_validator_has_teeth(study: Study, tmp_path: Path) -> None:

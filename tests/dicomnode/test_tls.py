@@ -480,7 +480,7 @@ def test_the_service_receives_and_reports_over_tls(
     assert len(results) == 1, log[-3000:]
     assert results[0]["tls"] is True
     assert results[0]["destination"] == f"STORESCP@127.0.0.1:{pacs.port}"
-    assert {str(pydicom.dcmread(f).Modality) for f in pacs.output.iterdir()} == {"SR", "OT"}
+    assert {str(pydicom.dcmread(f).Modality) for f in pacs.output.iterdir()} == {"SR", "OT", "PR"}
     accepted = [e for e in read_events(node.audit_path) if e["event"] == "association-accepted"]
     assert accepted and all(e["tls"] is True for e in accepted)
 

@@ -43,6 +43,21 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+def stop_process(
+    process: subprocess.Popen[bytes] | None, timeout_s: float = STOP_TIMEOUT_S
+) -> None:
+    """Terminate a process this test started (by its own handle, so by pid), then kill it if it
+    does not exit in time; nothing when it is None or already gone."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
+
+
 def orthanc_available() -> bool:
     """Whether the Orthanc binary is installed on this machine."""
     return Path(ORTHANC_BINARY).exists() or shutil.which("Orthanc") is not None
@@ -160,14 +175,7 @@ class OrthancServer:
     def stop(self) -> None:
         """Terminate this server's own process (then kill it if it does not exit in time)."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT_S)
+        stop_process(process)
 
     def __enter__(self) -> OrthancServer:
         return self.start()

@@ -1,4 +1,5 @@
-"""dciodvfy (dicom3tools) validates one synthetic instance per SOP class and transfer syntax."""
+"""dciodvfy (dicom3tools) validates one synthetic instance per SOP class and transfer syntax,
+and the presentation states the node writes."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
-from pipeline.dicomio import read_radiograph
+from dicomnode.reports import build_gsps
 from tests.conftest import require_tool
+from tests.dicomnode.gsps_study import build_study, marked
+from tests.integration.orthanc import OrthancServer
 from train.phantoms.archive import read_truth, write_instance_file
 from train.phantoms.encoding import TRANSFER_SYNTAXES
 from train.phantoms.plan import plan_study
@@ -25,7 +29,8 @@ def _dciodvfy(path: Path, tmp: Path) -> list[str]:
     """dciodvfy's error lines. It cannot inflate Deflated files, so those are inflated first
     by dcmtk's dcmconv (a lossless change of encoding only)."""
     target = path
-    if read_radiograph(path).transfer_syntax_uid == TRANSFER_SYNTAXES["deflated"].uid:
+    syntax = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    if syntax == TRANSFER_SYNTAXES["deflated"].uid:
         target = tmp / f"inflated-{path.name}"
         dcmconv = require_tool("dcmconv")
         subprocess.run([dcmconv, "+te", str(path), str(target)], check=True, timeout=60)
@@ -119,3 +124,27 @@ def test_projection_world_instances_pass_dciodvfy(tmp_path: Path) -> None:
         elif row["conformant"] != "1":
             assert all("Body Part Examined" in e or "invalid data values" in e for e in errors)
     assert failures == {}
+
+
+def test_presentation_states_pass_dciodvfy_and_orthanc_stores_them(
+    tmp_path: Path, orthanc: OrthancServer
+) -> None:
+    """The node's GSPS, with marks (likely; possible, with and without a region) and without, on
+    MONOCHROME2 and MONOCHROME1 images: no dciodvfy error, and Orthanc keeps each as a PR."""
+    study = build_study(tmp_path / "study")
+    cases = [[0.97, 0.4], [0.4], [0.05]]  # per image: its views' probabilities
+    for index, probabilities in enumerate(cases):
+        number = index + 1
+        views, prediction = marked(study, index, probabilities)
+        gsps = build_gsps(views, prediction, study.sources[index], study.context,
+                          instance_number=number)  # fmt: skip
+        path = tmp_path / f"gsps{number}.dcm"
+        gsps.save_as(path, enforce_file_format=True)
+        assert _dciodvfy(path, tmp_path) == [], (number, probabilities)
+        answer = orthanc.upload(path)
+        assert answer["Status"] == "Success"
+        stored = orthanc.get(f"/instances/{answer['ID']}/simplified-tags")
+        assert (stored["Modality"], stored["SOPInstanceUID"]) == ("PR", gsps.SOPInstanceUID)
+    for path in study.paths:
+        orthanc.upload(path)
+    assert orthanc.study_count() == 1  # the presentation states sit in their images' study

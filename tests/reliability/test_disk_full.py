@@ -329,7 +329,7 @@ def test_a_study_whose_results_do_not_fit_goes_back_to_the_queue_without_them(
     tmp_path: Path, wrist_files: list[Path], bundle: ModelBundle
 ) -> None:
     queue, study_uid = _received_study(tmp_path, wrist_files)
-    results = _FillsUp(tmp_path / "results", room=1)  # the SR fits, the first SC does not
+    results = _FillsUp(tmp_path / "results", room=1)  # the SR fits, the next result does not
     folder = results.instances / study_uid
 
     with pytest.raises(DiskFull) as raised:
@@ -344,7 +344,7 @@ def test_a_study_whose_results_do_not_fit_goes_back_to_the_queue_without_them(
     assert analyse_next(queue, bundle, results, []) is True
     assert queue.study(study_uid).state == "done"  # type: ignore[union-attr]
     written = [pydicom.dcmread(p) for p in folder.glob("*.dcm")]
-    assert sorted(str(ds.Modality) for ds in written) == ["OT", "OT", "SR"]
+    assert sorted(str(ds.Modality) for ds in written) == ["OT", "OT", "PR", "PR", "SR"]
     sr = next(ds for ds in written if ds.Modality == "SR")
     assert "PredecessorDocumentsSequence" not in sr  # revises nothing that was never sent
 
