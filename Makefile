@@ -74,7 +74,7 @@ run: install
 demo: install
 	rm -rf var/demo-study
 	$(BIN)/dicomnode-train synth --out var/demo-study --studies 1 --seed 4 --syntaxes explicit_le
-	$(BIN)/python -m dicomnode.demo var/demo-study/dicom/*/*/*.dcm
+	$(BIN)/python -m tests.integration.demo var/demo-study/dicom/*/*/*.dcm
 
 lint: $(STAMP)
 	$(BIN)/ruff check dicomnode pipeline train tests bench

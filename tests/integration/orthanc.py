@@ -222,6 +222,12 @@ class OrthancServer:
         """GET a REST resource as JSON."""
         return self.request("GET", path)
 
+    def raw(self, path: str) -> bytes:
+        """GET a resource's bytes (an instance's file: `/instances/ID/file`)."""
+        with urllib.request.urlopen(self.url + path, timeout=HTTP_TIMEOUT_S) as response:
+            data: bytes = response.read()
+        return data
+
     def upload(self, path: Path) -> dict[str, Any]:
         """Store one DICOM file through POST /instances; Orthanc's answer (ID, Status...)."""
         answer: dict[str, Any] = self.request(
