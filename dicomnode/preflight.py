@@ -18,8 +18,8 @@ from pathlib import Path
 
 from dicomnode.config import Config
 from dicomnode.credentials import CredentialsError, read_credentials
+from dicomnode.delivery import destination_key
 from dicomnode.model_check import BundleCheck, check_bundle, check_bundle_apart
-from dicomnode.worker import destination_key
 
 Origin = Callable[[str], str]
 """Where a key's value came from: the configuration file, a flag, or the embedded defaults."""

@@ -102,7 +102,7 @@ def start_server(
         (evt.EVT_ABORTED, handle_closed, [index, associations]),
     ]
     if isinstance(index, CommitmentQueue):  # the service's queue: it holds the transactions
-        from dicomnode.worker import retry_policy
+        from dicomnode.delivery import retry_policy
 
         handlers.append((evt.EVT_N_EVENT_REPORT, handle_commitment_report,
                          [index, audit, retry_policy(config)]))  # fmt: skip

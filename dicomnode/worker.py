@@ -1,10 +1,10 @@
-"""Analysis worker processes and the delivery of results, isolated from the receiver.
+"""Analysis worker processes, isolated from the receiver.
 
 Each worker is its own process with its own SQLite connection and model: a decoder that
 crashes or a slow model never blocks or kills ingest, and the supervisor in the service restarts
 a worker that stopped, with backoff, until too many stops in a row stop analysis (see
 `dicomnode.supervision`). A worker claims complete studies, analyses them, writes the results,
-then delivers due results to every destination with exponential backoff. A worker whose model
+then delivers due results (`dicomnode.delivery`). A worker whose model
 fails (it no longer loads, or fails its self-test after an analysis failed) puts its study back
 in the queue, tells the supervisor why and stops.
 """
@@ -16,10 +16,8 @@ import errno
 import logging
 import multiprocessing
 import os
-import random
 import signal
 import sqlite3
-import ssl
 import sys
 import threading
 import time
@@ -29,18 +27,16 @@ from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from dicomnode.audit import AuditLog
-from dicomnode.commitment import expire_overdue, request_commitment
-from dicomnode.config import RESULT_KINDS, Config, Destination
+from dicomnode.commitment import expire_overdue
+from dicomnode.config import RESULT_KINDS, Config
+from dicomnode.delivery import deliver_due, destination_key, retry_policy
 from dicomnode.index import StudyRow
 from dicomnode.logs import configure_logging
 from dicomnode.model_check import ModelFault, load_checked, self_test
-from dicomnode.retry import RetryPolicy
-from dicomnode.sender import SendResult, send_files
 from dicomnode.spool import Spool
 from dicomnode.states import StudyState
 from dicomnode.supervision import AnalysisHealth, RestartPolicy, after_failure, after_running
-from dicomnode.work_queue import Delivery, WorkQueue
+from dicomnode.work_queue import WorkQueue
 
 if TYPE_CHECKING:  # the receiver imports this module: torch only in the worker processes
     from dicomnode.drift import DriftMonitor
@@ -74,21 +70,6 @@ class DiskFull(Exception):
 def database(config: Config) -> Path:
     """The node's SQLite file."""
     return config.storage.path / "index.sqlite"
-
-
-def retry_policy(config: Config) -> RetryPolicy:
-    """The delivery retry policy from the configuration."""
-    s = config.sending
-    return RetryPolicy(initial_delay_s=s.initial_delay_seconds, max_delay_s=s.max_delay_seconds,
-                       give_up_after_s=s.give_up_after_seconds)  # fmt: skip
-
-
-def destination_key(destination: Destination) -> str:
-    """How a destination is named in the queue and in status output: its url for DICOMweb,
-    AET@HOST:PORT for DIMSE (the names older databases hold)."""
-    if destination.url:
-        return destination.url
-    return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
 def run_worker(config: Config, stop: EventType, parent: int,
@@ -313,81 +294,6 @@ def is_disk_full(exc: BaseException) -> bool:
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return (isinstance(exc, sqlite3.OperationalError)
             and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)  # fmt: skip
-
-
-def deliver_due(queue: WorkQueue, destinations: dict[str, Destination], config: Config,
-                policy: RetryPolicy) -> bool:  # fmt: skip
-    """Attempt every delivery due now once; False when none was due. Each is claimed first:
-    another worker never sends the same results at the same time."""
-    now, worked = time.time(), False
-    while (delivery := queue.claim_due(now, config.sending.timeout_seconds)) is not None:
-        _deliver(queue, delivery, destinations, config, policy)
-        worked = True
-    return worked
-
-
-def _deliver(queue: WorkQueue, delivery: Delivery, destinations: dict[str, Destination],
-             config: Config, policy: RetryPolicy) -> None:  # fmt: skip
-    destination = destinations.get(delivery.destination)
-    if destination is None:  # removed from the configuration since: give up at once
-        queue.record_attempt(
-            delivery,
-            sent=False,
-            reason="destination no longer configured",
-            now=time.time(),
-            policy=policy,
-            give_up=True,
-        )
-        return
-    started = time.time()
-    tls = None
-    if destination.uses_tls:
-        from dicomnode.tls import TlsError, client_context
-
-        try:
-            tls = client_context(config.tls)
-        except TlsError as exc:  # an unreadable certificate fails this attempt, not the worker
-            log.error("study %s to %s: %s", delivery.study_uid, delivery.destination, exc)
-            queue.record_attempt(delivery, sent=False, reason=str(exc), now=time.time(),
-                                 policy=policy, random_unit=random.random())  # fmt: skip
-            return
-    result = send_results(destination, list(delivery.files), config, tls)
-    queue.record_timing(delivery.study_uid, "send", time.time() - started, time.time())
-    reasons = sorted({o.reason for o in result.outcomes if not o.sent})
-    # Stored, yet delivered only once the PACS commits (a commitment step after the audit line).
-    commit = destination.storage_commitment and bool(result.outcomes) and result.all_sent
-    if commit:
-        status = "committing"
-    else:
-        status = queue.record_attempt(delivery, sent=result.all_sent, reason="; ".join(reasons),
-                                      now=time.time(), policy=policy,
-                                      random_unit=random.random())  # fmt: skip
-    log.info("study %s to %s: %s%s", delivery.study_uid, delivery.destination, status,
-             f" ({'; '.join(reasons)})" if reasons else "")  # fmt: skip
-    AuditLog(config.audit_path).record(
-        "result-sent" if result.all_sent else "result-failed",
-        study_uid=delivery.study_uid,
-        destination=delivery.destination,
-        tls=tls is not None,
-        instances=sum(1 for o in result.outcomes if o.sent),
-        outcome=status,
-        reason="; ".join(reasons),
-    )
-    if commit:
-        request_commitment(queue, delivery.study_uid, delivery.destination, destination,
-                           result.outcomes, config, policy, tls)  # fmt: skip
-
-
-def send_results(destination: Destination, files: list[Path], config: Config,
-                 tls: ssl.SSLContext | None) -> SendResult:  # fmt: skip
-    """Deliver `files` by the destination's protocol: STOW-RS to a DICOMweb url, else C-STORE."""
-    if destination.url:
-        from dicomnode.stow import store_dicomweb  # requests: only in the worker processes
-
-        return store_dicomweb(destination, files, timeout_s=config.sending.timeout_seconds,
-                              tls=tls)  # fmt: skip
-    return send_files(destination, files, calling_aet=config.node.ae_title,
-                      timeout_s=config.sending.timeout_seconds, tls=tls)  # fmt: skip
 
 
 class WorkerPool:

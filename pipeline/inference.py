@@ -2,7 +2,9 @@
 
 A bundle is a folder: `weights.pt` (state dicts), `model.json` (everything needed to reproduce
 training-time behaviour: architecture, input size, normalisation, preprocessing parameters,
-aggregation, temperatures, operating points, name and version) and `MODEL_CARD.md`.
+aggregation, temperatures, operating points, name and version) and `MODEL_CARD.md`; with an
+out-of-distribution detector (`pipeline.ood`), also `ood.npz`, and a view it finds unlike the
+validation images abstains: no probability, left out of the study result.
 """
 
 from __future__ import annotations

@@ -95,8 +95,9 @@ def suspected_region(
 def marked_region(view: ViewPrediction, possible: float) -> Region | None:
     """The region the results mark for a view: only at or above the "possible" operating point,
     and only when its heat map points somewhere. The node's SR, its presentation state and the
-    localisation figures all use this one rule."""
-    if view.probability < possible:
+    localisation figures all use this one rule. A view the model abstained on
+    (`pipeline.ood`) has no result, so nothing is marked."""
+    if view.abstained or view.probability < possible:
         return None
     return suspected_region(view.view, view.heatmap)
 

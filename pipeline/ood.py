@@ -2,7 +2,8 @@
 
 A classifier answers every input with a probability, even an image of a kind it has never seen
 (another body part that slipped past the scope check, a ruined exposure, a new detector). The
-node must abstain there instead of guessing, so the bundle carries a detector fitted at export:
+node must abstain there instead of guessing, so the bundle carries a detector fitted on views of
+the training world (`dicomnode-train ood-fit`, on a new or an existing bundle):
 
 - Features: the input of each view model's final linear layer ("penultimate"), or of its first
   ("pooled": the globally pooled convolutional features, the same layer for ResNets), captured
@@ -18,8 +19,11 @@ node must abstain there instead of guessing, so the bundle carries a detector fi
   energy is -log(1 + e^z) (the two-class energy with logits 0 and z), and the confidence score is
   -|z| (the max-softmax baseline of a binary classifier).
 
-Every score is "higher is more unusual"; a view whose score exceeds the detector's threshold,
-fixed on validation data at a stated in-distribution abstention rate, gets no probability.
+`bench/abstention.py` compares them; Mahalanobis on the pooled features separates decoys,
+degraded images and another renderer's world best, and the logit baselines do worse than chance
+(the model is most confident where it knows least). Every score is "higher is more unusual";
+a view whose score exceeds the detector's threshold, fixed on validation data at a stated
+in-distribution abstention rate, gets no probability.
 """
 
 from __future__ import annotations

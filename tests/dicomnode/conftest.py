@@ -19,4 +19,5 @@ def broken_bundle(tmp_path: Path) -> Path:
     info["mean"] = float("nan")
     (bundle / "model.json").write_text(json.dumps(info), encoding="utf-8")
     (bundle / "weights.pt").symlink_to(DEMO_BUNDLE / "weights.pt")
+    (bundle / "ood.npz").symlink_to(DEMO_BUNDLE / "ood.npz")
     return bundle

@@ -23,10 +23,10 @@ from pydicom.uid import generate_uid
 
 from dicomnode.config import Config, ConfigError, Destination, TlsSection, load_config
 from dicomnode.credentials import CredentialsError, read_credentials
+from dicomnode.delivery import destination_key
 from dicomnode.preflight import StartupError, check_startup
 from dicomnode.stow import outcomes_from_response, store_dicomweb
 from dicomnode.tls import client_context, server_context
-from dicomnode.worker import destination_key
 from pipeline.dicom import dimse
 from tests.dicom_factory import make_dataset, ramp
 from tests.dicomnode.test_tls import Pki, pki  # noqa: F401 - the PKI fixture

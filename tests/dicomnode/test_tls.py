@@ -33,6 +33,7 @@ from dicomnode.config import (
     load_config,
     with_overrides,
 )
+from dicomnode.delivery import deliver_due, destination_key
 from dicomnode.index import Index
 from dicomnode.retry import RetryPolicy
 from dicomnode.scp import start_server
@@ -40,7 +41,6 @@ from dicomnode.sender import send_files
 from dicomnode.spool import Spool
 from dicomnode.tls import TlsError, client_context, server_context
 from dicomnode.work_queue import WorkQueue
-from dicomnode.worker import deliver_due, destination_key
 from tests.dicom_factory import make_dataset, ramp
 from tests.integration.node_process import NodeProcess
 from tests.integration.orthanc import free_ports

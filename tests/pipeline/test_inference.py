@@ -135,11 +135,14 @@ def test_a_mirrored_view_gives_the_same_logit(bundle: ModelBundle, synthetic_arc
 def test_fractured_studies_score_higher(bundle: ModelBundle, synthetic_archive: Path) -> None:
     """On the synthetic archive (a world the demo bundle was trained in): the study ranking
     separates fractured from intact studies, every obvious fracture is 'likely' and most
-    intact studies are 'negative'."""
+    intact studies are 'negative'. A study with a view the OOD detector abstained on is judged
+    on its other views (`pipeline.ood`), so the level check takes fully analysed studies; the
+    abstentions themselves must be rare in the training world."""
     labels: list[int] = []
     scores: list[float] = []
     obvious_levels: list[str] = []
     intact_levels: list[str] = []
+    views = abstained = 0
     for rows in _studies(synthetic_archive).values():
         if rows[0]["body_part"] != "wrist":
             continue
@@ -147,6 +150,10 @@ def test_fractured_studies_score_higher(bundle: ModelBundle, synthetic_archive: 
             [read_radiograph(synthetic_archive / r["path"]) for r in rows], heatmaps=False
         )
         label = int(rows[0]["study_label"])
+        views += len(prediction.views)
+        abstained += sum(v.abstained for v in prediction.views)
+        if any(v.abstained for v in prediction.views):
+            continue
         labels.append(label)
         scores.append(prediction.probability)
         if label == 0:
@@ -157,6 +164,7 @@ def test_fractured_studies_score_higher(bundle: ModelBundle, synthetic_archive: 
     assert roc_auc(labels, scores) >= 0.9
     assert obvious_levels and set(obvious_levels) == {"likely"}
     assert intact_levels.count("negative") >= 0.8 * len(intact_levels)
+    assert abstained <= 0.05 * views
 
 
 def test_non_wrist_study_is_out_of_scope(bundle: ModelBundle, synthetic_archive: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,19 @@ def test_detector_round_trips_through_the_bundle_files(tmp_path: Path) -> None:
         OodDetector("distance", 1.0)
     with pytest.raises(ValueError, match="square precision"):
         OodDetector("mahalanobis", 1.0, mean=mean, precision=precision[:2])
+
+
+DEMO = Path(__file__).resolve().parents[2] / "config" / "models" / "wrist-demo"
+
+
+def test_demo_bundle_card_states_its_abstention_figures() -> None:
+    entry = json.loads((DEMO / "model.json").read_text(encoding="utf-8"))["ood"]
+    validation = entry["validation"]
+    assert validation["rate"] <= validation["target_rate"] <= 0.02
+    assert validation["views"] >= 500 and validation["fit_views"] >= 500
+    low, high = validation["rate_ci95"]
+    card = (DEMO / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "## Abstention" in card
+    assert f"Threshold {entry['threshold']:.1f}" in card
+    assert f"{validation['abstained']}/{validation['views']} = {validation['rate']:.2%}" in card
+    assert f"[Wilson 95% {low:.2%}, {high:.2%}]" in card
