@@ -255,7 +255,8 @@ def _analyse_claimed(
         return
     for stage, seconds in outcome.timings.items():
         queue.record_timing(study.study_uid, stage, seconds, time.time())
-    if not outcome.in_scope:
+    abstained = outcome.prediction is not None and outcome.prediction.abstained
+    if not outcome.in_scope and not abstained:
         log.info("study %s out of scope: %s", study.study_uid, outcome.reason)
         if outcome.files:  # the "not analysed" report
             queue.schedule(study.study_uid, destinations, list(outcome.files), time.time(),
@@ -264,8 +265,11 @@ def _analyse_claimed(
             queue.set_state(study.study_uid, StudyState.OUT_OF_SCOPE, reason=outcome.reason)
         _count(drift, study.study_uid, None)
         return
+    # A wrist study the model abstained on entirely is not out of scope: it ends done, with its
+    # "not analysable" report delivered and that reason kept.
+    reason = SHADOW_REASON if shadow else (outcome.reason if abstained else "")
     queue.schedule(study.study_uid, destinations, list(outcome.files), time.time(),
-                   reason=SHADOW_REASON if shadow else "")  # fmt: skip
+                   reason=reason)  # fmt: skip
     if shadow:
         log.info("study %s: %s (%d file(s) in the results spool)", study.study_uid,
                  SHADOW_REASON, len(outcome.files))  # fmt: skip
@@ -277,7 +281,7 @@ def _count(drift: DriftMonitor | None, study_uid: str, prediction: StudyPredicti
     if drift is None:
         return
     try:
-        if prediction is None:
+        if prediction is None or prediction.abstained:
             drift.record("not_analysable", None)
         else:
             drift.record(prediction.level, prediction.probability)

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import json
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +23,10 @@ from dicomnode.index import InstanceRow
 from dicomnode.reports import ReportContext, build_gsps, build_sc, build_sr
 from dicomnode.reports.sc import banner_text
 from dicomnode.reports.sr import LEVEL_TEXT, NOT_ANALYSABLE_VALUE, PROBABILITY
+from dicomnode.retry import RetryPolicy
 from dicomnode.spool import Spool
+from dicomnode.work_queue import WorkQueue
+from dicomnode.worker import analyse_next
 from pipeline.dicomio import Radiograph, read_radiograph
 from pipeline.inference import ModelBundle, StudyPrediction
 from pipeline.ood import NOT_ANALYSABLE, OOD_FILE
@@ -218,3 +222,28 @@ def test_an_abstained_study_gets_its_sr_even_when_out_of_scope_studies_are_quiet
     assert "Not analysable: the image is unlike those the model was validated on" in _dsrdump(
         outcome.files[0]
     )
+
+
+def test_a_study_the_model_abstained_on_ends_done_with_its_report_not_out_of_scope(
+    case: Case, tmp_path: Path
+) -> None:
+    # It is a wrist study and its "not analysable" report goes out: out_of_scope would say the
+    # node sent nothing (and the retention and load checks rely on that).
+    noise = case.noise[0]
+    study_uid = str(noise.StudyInstanceUID)
+    queue = WorkQueue(tmp_path / "index.sqlite")
+    queue.record_instance(sop_uid=str(noise.SOPInstanceUID), study_uid=study_uid,
+                          series_uid=str(noise.SeriesInstanceUID),
+                          sop_class_uid=str(noise.SOPClassUID), path=case.noise_path,
+                          calling_aet="CR1", association_id="a1", received_at=100.0,
+                          ours=False)  # fmt: skip
+    queue.set_state(study_uid, "complete")
+    assert analyse_next(queue, case.bundle, Spool(tmp_path / "results"), ["PACS@127.0.0.1:104"])
+    row = queue.study(study_uid)
+    assert row is not None and row.state == "sending" and row.reason == NOT_ANALYSABLE
+    (delivery,) = queue.due(time.time() + 1)
+    assert [pydicom.dcmread(f).Modality for f in delivery.files] == ["SR"]
+    queue.record_attempt(delivery, sent=True, reason="", now=time.time(),
+                         policy=RetryPolicy())  # fmt: skip
+    row = queue.study(study_uid)
+    assert row is not None and row.state == "done" and row.reason == NOT_ANALYSABLE
