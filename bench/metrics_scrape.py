@@ -60,7 +60,9 @@ def build_v1(path: Path, studies: int, now: float) -> None:
         return (i for i in range(studies) if now - at(i) < KEPT_S)
 
     db.executemany(
-        "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+        "INSERT INTO studies (study_uid, state, first_received, last_received, released_at,"
+        " n_instances, needs_revision, state_changed_at, reason)"
+        " VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
         ((_uid(1, i), _state(i), at(i), at(i) + 2, at(i) + 3, INSTANCES_PER_STUDY, at(i) + 60,
           "send: association rejected" if _state(i) == "failed" else "")
          for i in range(studies)),

@@ -135,6 +135,7 @@ class Index:
                 f" state_changed_at = IIF(state IN ({_REOPEN}), ?, state_changed_at),"
                 f" reason = IIF(state IN ({_REOPEN}), 'instance received after ' || state, reason),"
                 f" state = IIF(state IN ({_REOPEN}), '{StudyState.RECEIVING}', state),"
+                f" crashes = IIF(state IN ({_REOPEN}), 0, crashes),"
                 " last_received = MAX(last_received, ?), released_at = NULL,"
                 " n_instances = (SELECT COUNT(*) FROM instances WHERE study_uid = ? AND ours = 0)"
                 " WHERE study_uid = ?",

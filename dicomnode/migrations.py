@@ -182,10 +182,20 @@ _V3 = (
     f" INSERT INTO commitment_counts VALUES (NEW.status, 1) {_COUNT_ONE}; END",
 )
 
+# Version 4: which worker process analyses a study (`analysed_by`, its pid while the study is
+# 'analysing', else NULL) and how many times a worker died while analysing it (`crashes`), so
+# the service puts a dead worker's study back in the queue at once, and fails a study that kills
+# every worker that takes it instead of restarting them for ever (dicomnode.work_queue).
+_V4 = (
+    "ALTER TABLE studies ADD COLUMN analysed_by INTEGER",
+    "ALTER TABLE studies ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+)
+
 MIGRATIONS = (
     Migration(1, "the index and the work queue", _sql(*_V1)),
     Migration(2, "bounded metrics: counters, stage histogram, timing retention", _sql(*_V2)),
     Migration(3, "storage commitment: transactions and their outcome", _sql(*_V3)),
+    Migration(4, "the worker analysing a study, and the crashes it caused", _sql(*_V4)),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 

@@ -14,6 +14,7 @@ workers never send the same results at once.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from dicomnode.states import StudyState
 from dicomnode.supervision import AnalysisHealth
 
 STAGES = ("receive", "wait", "preprocess", "inference", "report", "send")
+MAX_CRASHES = 3
+"""Times a study may stop its analysis by a worker's death (or the node's) before it fails."""
 LEASE_EXTRA_MESSAGES = 3
 """Beyond one per file, the exchanges a send may wait for: connect, association, release."""
 
@@ -70,9 +73,11 @@ class WorkQueue(CommitmentQueue):
                 )
         return ready
 
-    def claim(self, now: float | None = None) -> StudyRow | None:
-        """Atomically take the oldest complete study for analysis (clears needs_revision)."""
+    def claim(self, now: float | None = None, *, worker: int | None = None) -> StudyRow | None:
+        """Atomically take the oldest complete study for analysis (clears needs_revision), for
+        the process `worker` (default: this one), which `release_crashed` names."""
         at = time.time() if now is None else now
+        pid = os.getpid() if worker is None else worker
         with self._transaction() as db:
             row = db.execute(
                 "SELECT study_uid FROM studies WHERE state = ? ORDER BY state_changed_at LIMIT 1",
@@ -81,20 +86,55 @@ class WorkQueue(CommitmentQueue):
             if row is None:
                 return None
             db.execute(
-                "UPDATE studies SET state = ?, state_changed_at = ?, needs_revision = 0"
-                " WHERE study_uid = ?",
-                (StudyState.ANALYSING, at, row[0]),
+                "UPDATE studies SET state = ?, state_changed_at = ?, needs_revision = 0,"
+                " analysed_by = ? WHERE study_uid = ?",
+                (StudyState.ANALYSING, at, pid, row[0]),
             )
         return self.study(row[0])
 
-    def recover(self) -> int:
-        """At start-up: studies caught mid-analysis are analysed again, and deliveries caught
-        mid-send are due again at their time (no worker of the crashed run holds them now)."""
+    def recover(self, max_crashes: int = MAX_CRASHES) -> int:
+        """At start-up: studies caught mid-analysis are analysed again (each counts a crash, as
+        `release_crashed` says), and deliveries caught mid-send are due again at their time (no
+        worker of the crashed run holds them now). Returns how many studies went back."""
         with self._transaction() as db:
             db.execute("DELETE FROM delivery_leases")
-            cursor = db.execute("UPDATE studies SET state = ? WHERE state = ?",
-                                (StudyState.COMPLETE, StudyState.ANALYSING))  # fmt: skip
-            return cursor.rowcount
+        released = self._release("1 = 1", (), "the node stopped while analysing it", max_crashes)
+        return sum(1 for _, state in released if state == StudyState.COMPLETE)
+
+    def release_crashed(
+        self, worker: int, why: str, max_crashes: int = MAX_CRASHES
+    ) -> list[tuple[str, str]]:
+        """The studies the dead process `worker` was analysing go back in the queue, or fail
+        once workers died `max_crashes` times analysing them (a study that crashes every worker
+        must not stop analysis for all the others); `why` is how it died. Returns (study, new
+        state) pairs."""
+        return self._release("analysed_by = ?", (worker,), why, max_crashes)
+
+    def _release(
+        self, where: str, args: tuple[int, ...], why: str, max_crashes: int
+    ) -> list[tuple[str, str]]:
+        released: list[tuple[str, str]] = []
+        with self._transaction() as db:
+            rows = db.execute(
+                f"SELECT study_uid, crashes FROM studies WHERE state = ? AND {where}",
+                (StudyState.ANALYSING, *args),
+            ).fetchall()
+            for study_uid, crashes in rows:
+                count = int(crashes) + 1
+                if count >= max_crashes:
+                    state = StudyState.FAILED
+                    reason = (f"analysis stopped {count} times ({why}); not retried: "
+                              "re-send the study, or ask the maintainers")  # fmt: skip
+                else:
+                    state = StudyState.COMPLETE
+                    reason = f"analysis interrupted ({why}); queued again"
+                db.execute(
+                    "UPDATE studies SET state = ?, reason = ?, crashes = ?, analysed_by = NULL,"
+                    " state_changed_at = ? WHERE study_uid = ?",
+                    (state, reason, count, time.time(), study_uid),
+                )
+                released.append((str(study_uid), state))
+        return released
 
     def schedule(self, study_uid: str, destinations: list[str], files: list[Path], now: float,
                  *, final_state: str = StudyState.DONE, reason: str = "") -> None:  # fmt: skip
@@ -118,8 +158,8 @@ class WorkQueue(CommitmentQueue):
             else:
                 state, reason = final_state, reason or "no destination"
             db.execute(
-                "UPDATE studies SET state = ?, reason = ?, state_changed_at = ? "
-                "WHERE study_uid = ? AND state = ?",
+                "UPDATE studies SET state = ?, reason = ?, state_changed_at = ?,"
+                " analysed_by = NULL, crashes = 0 WHERE study_uid = ? AND state = ?",
                 (state, reason, now, study_uid, StudyState.ANALYSING),
             )
 

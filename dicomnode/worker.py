@@ -36,7 +36,7 @@ from dicomnode.model_check import ModelFault, load_checked, self_test
 from dicomnode.spool import Spool
 from dicomnode.states import StudyState
 from dicomnode.supervision import AnalysisHealth, RestartPolicy, after_failure, after_running
-from dicomnode.work_queue import WorkQueue
+from dicomnode.work_queue import MAX_CRASHES, WorkQueue
 
 if TYPE_CHECKING:  # the receiver imports this module: torch only in the worker processes
     from dicomnode.drift import DriftMonitor
@@ -316,6 +316,8 @@ class WorkerPool:
         """One per worker; None while a stopped one waits for its restart."""
         self._reports: list[Connection | None] = []
         self._started: list[float] = []
+        self._queue: WorkQueue | None = None
+        """Opened on the first worker stop, to release the study it held."""
 
     def start(self) -> None:
         """Start `config.analysis.workers` processes."""
@@ -367,8 +369,9 @@ class WorkerPool:
             if process is None:
                 continue
             process.join(timeout)
-            if process.is_alive():
+            if process.is_alive():  # still loading its model, or stuck: SIGTERM, then wait
                 process.terminate()
+                process.join(5.0)
 
     def _stopped(self, i: int, process: multiprocessing.process.BaseProcess) -> str:
         """Why worker `i` stopped: the model failure it reported, else its exit status."""
@@ -379,12 +382,31 @@ class WorkerPool:
             report.close()
         self.processes[i], self._reports[i] = None, None
         code = process.exitcode
-        if reason:
-            return reason
-        if code is not None and code < 0:
+        if not reason and code is not None and code < 0:
             name = signal.Signals(-code).name if -code in signal.valid_signals() else -code
-            return f"worker {process.pid} killed by signal {name}"
-        return f"worker {process.pid} exited with status {code}"
+            reason = f"worker {process.pid} killed by signal {name}"
+        elif not reason:
+            reason = f"worker {process.pid} exited with status {code}"
+        if process.pid is not None:
+            self._release(process.pid, reason)
+        return reason
+
+    def _release(self, pid: int, why: str) -> None:
+        """Put the study a dead worker was analysing back in the queue at once (or fail it, when
+        it stopped workers too often): not left 'analysing' until the node restarts."""
+        try:
+            if self._queue is None:
+                self._queue = WorkQueue(database(self.config))
+            released = self._queue.release_crashed(pid, why)
+        except (sqlite3.Error, OSError) as exc:  # the next start-up's `recover` does it then
+            log.error("could not put back the study of stopped worker %d: %s", pid, exc)
+            return
+        for study_uid, state in released:
+            if state == StudyState.FAILED:
+                log.error("study %s failed: analysis stopped %d times (%s)", study_uid,
+                          MAX_CRASHES, why)  # fmt: skip
+            else:
+                log.warning("study %s queued again: its worker stopped (%s)", study_uid, why)
 
     def _spawn(self, i: int) -> None:
         reader, writer = self.context.Pipe(duplex=False)

@@ -95,6 +95,11 @@ class ViewPrediction:
     probability are NaN and its heat map None, so nothing can report them by mistake."""
 
 
+NEGATIVE_INCOMPLETE = "negative_incomplete"
+"""A study's finding when the views the model read show no fracture but others abstained
+(`StudyPrediction.finding`): never reported as "No fracture detected"."""
+
+
 @dataclass(frozen=True)
 class StudyPrediction:
     """The study-level result the node reports."""
@@ -116,6 +121,21 @@ class StudyPrediction:
     def analysed_views(self) -> tuple[ViewPrediction, ...]:
         """The views that have a probability (those the detector did not abstain on)."""
         return tuple(v for v in self.views if not v.abstained)
+
+    @property
+    def unanalysed_views(self) -> int:
+        """How many views of an analysed study the detector abstained on."""
+        return sum(1 for v in self.views if v.abstained) if self.in_scope else 0
+
+    @property
+    def finding(self) -> str:
+        """What the study's result may claim: its level, except that a negative result on only
+        some of the views is NEGATIVE_INCOMPLETE. A fracture may show in one projection only
+        (the scaphoid on the oblique), so views the model could not read never let the study
+        be cleared; a fracture found on the views it did read stands."""
+        if self.level == "negative" and self.unanalysed_views:
+            return NEGATIVE_INCOMPLETE
+        return self.level
 
 
 class ModelBundle:

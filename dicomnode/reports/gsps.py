@@ -187,7 +187,7 @@ def _annotations(
         texts.setdefault(layer, []).append(hd.pr.TextObject(text, "PIXEL", bounding_box=box))
     result = []
     if not graphics and not texts:
-        study = f"study: {LEVEL_TEXT[prediction.level].lower()}, "
+        study = f"study: {LEVEL_TEXT[prediction.finding].lower()}, "
         result.append(_display_text(study + probability_text(prediction.probability), 0))
     for line, view in enumerate(abstained, start=max(unplaced, len(result))):
         several = view.view.n_parts > 1

@@ -115,7 +115,7 @@ def banner_text(
 ) -> tuple[str, list[str]]:
     """The banner's headline and lines for the image of `views`. Views the model abstained on
     show no probability: the image (or its parts) is said to be not analysable."""
-    headline = f"{LEVEL_TEXT[prediction.level]} (study)"
+    headline = f"{LEVEL_TEXT[prediction.finding]} (study)"
     analysed = [v for v in views if not v.abstained]
     if analysed:
         image_probability = max(v.probability for v in analysed)

@@ -9,11 +9,13 @@ Codes, and why:
   "1" ("no units").
 - Presence and level: one TID 1501 qualitative evaluation named DCM 121071 "Finding" whose value
   is the level: "Fracture likely" (high-specificity operating point), "Fracture possible"
-  (high-sensitivity point) or "No fracture detected". No standard code names these operating
-  points, so the values are a private scheme 99WRISTAI, declared in the Coding Scheme
-  Identification Sequence. (Free CODE items with other concept names, as earlier versions wrote,
-  are "not in template" for the validator.) Views get the same operating points on their own
-  probability.
+  (high-sensitivity point) or "No fracture detected"; a study whose other views the model
+  could not read and whose read views show nothing gets "No fracture in the views analysed;
+  others not analysable" (NEG_INCOMPLETE), never "No fracture detected". No standard code
+  names these operating points, so the values are a private scheme 99WRISTAI, declared in the
+  Coding Scheme Identification Sequence. (Free CODE items with other concept names, as earlier
+  versions wrote, are "not in template" for the validator.) Views get the same operating points
+  on their own probability.
 - Where: every group is a TID 1410 planar-ROI group whose Image Region is a SCOORD POLYLINE in
   the source image's pixel coordinates, so a viewer can point at it. A view at or above
   "possible" whose heat map gives a region names the box around the suspected site
@@ -45,7 +47,7 @@ from pydicom.sr.codedict import codes
 
 from dicomnode.identity import DISCLAIMER, MANUFACTURER, MODEL_NAME, SERIES_DESCRIPTION_PREFIX
 from dicomnode.reports.uids import result_uid
-from pipeline.inference import BundleInfo, StudyPrediction, ViewPrediction
+from pipeline.inference import NEGATIVE_INCOMPLETE, BundleInfo, StudyPrediction, ViewPrediction
 from pipeline.localisation import Region, analysed_region, marked_region
 
 PRIVATE_SCHEME = "99WRISTAI"
@@ -60,10 +62,17 @@ IMAGING_MEASUREMENT_REPORT = codes.DCM.ImagingMeasurementReport
 PROCEDURE_REPORTED = codes.DCM.ProcedureReported
 DEVICE = codes.DCM.Device
 ENGLISH = hd.sr.CodedConcept("en-US", "RFC5646", "English (United States)")
-LEVEL_TEXT = {"likely": "Fracture likely", "possible": "Fracture possible",
-              "negative": "No fracture detected"}  # fmt: skip
+LEVEL_TEXT = {
+    "likely": "Fracture likely",
+    "possible": "Fracture possible",
+    "negative": "No fracture detected",
+    NEGATIVE_INCOMPLETE: "No fracture in the views analysed; others not analysable",
+}
+"""What each study finding (`StudyPrediction.finding`) and view level says."""
+_LEVEL_CODES = {"likely": "LIKELY", "possible": "POSSIBLE", "negative": "NEGATIVE",
+                NEGATIVE_INCOMPLETE: "NEG_INCOMPLETE"}  # fmt: skip
 LEVEL_VALUES = {
-    level: hd.sr.CodedConcept(level.upper(), PRIVATE_SCHEME, text)
+    level: hd.sr.CodedConcept(_LEVEL_CODES[level], PRIVATE_SCHEME, text)
     for level, text in LEVEL_TEXT.items()
 }
 NOT_ANALYSABLE_VALUE = hd.sr.CodedConcept(
@@ -154,7 +163,7 @@ def build_sr(prediction: StudyPrediction, context: ReportContext) -> Dataset:
     located = [i for i, region in enumerate(regions) if region is not None]
     top = max(located or scored or [0], key=lambda i: prediction.views[i].probability)
     groups.append(_roi_group(context, "Study", prediction.probability, sources[top], shown[top],
-                             algorithm, "study"))  # fmt: skip
+                             algorithm, "study", finding=prediction.finding))  # fmt: skip
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(context.bundle),
         procedure_reported=PROCEDURE,
@@ -261,13 +270,16 @@ def _probability(probability: float, algorithm: hd.sr.AlgorithmIdentification) -
 
 
 def _result(
-    probability: float | None, context: ReportContext, algorithm: hd.sr.AlgorithmIdentification
+    probability: float | None,
+    context: ReportContext,
+    algorithm: hd.sr.AlgorithmIdentification,
+    finding: str | None = None,
 ) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
-    """A group's probability and level; no probability (None: the view abstained) gives no
-    measurement and the "not analysable" finding."""
+    """A group's probability and level (`finding`, the study's, where given); no probability
+    (None: the view abstained) gives no measurement and the "not analysable" finding."""
     if probability is None:
         return [], [hd.sr.QualitativeEvaluation(FINDING, NOT_ANALYSABLE_VALUE)]
-    level = LEVEL_VALUES[level_of(probability, context.bundle)]
+    level = LEVEL_VALUES[finding or level_of(probability, context.bundle)]
     return [_probability(probability, algorithm)], [hd.sr.QualitativeEvaluation(FINDING, level)]
 
 
@@ -285,6 +297,7 @@ def _roi_group(
     region: Region,
     algorithm: hd.sr.AlgorithmIdentification,
     extra: str,
+    finding: str | None = None,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """A TID 1410 group: the view's result with its suspected region as a SCOORD POLYLINE."""
     image_region = hd.sr.ImageRegion(
@@ -292,7 +305,7 @@ def _roi_group(
         graphic_data=_within(region.dicom_points(), source),
         source_image=hd.sr.SourceImageForRegion.from_source_image(source),
     )
-    measurements, evaluations = _result(probability, context, algorithm)
+    measurements, evaluations = _result(probability, context, algorithm, finding)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(context, label, extra),
         referenced_region=image_region,

@@ -22,13 +22,13 @@ from dicomnode.analysis import analyse_study
 from dicomnode.index import InstanceRow
 from dicomnode.reports import ReportContext, build_gsps, build_sc, build_sr
 from dicomnode.reports.sc import banner_text
-from dicomnode.reports.sr import LEVEL_TEXT, NOT_ANALYSABLE_VALUE, PROBABILITY
+from dicomnode.reports.sr import FRACTURE, LEVEL_TEXT, NOT_ANALYSABLE_VALUE, PROBABILITY
 from dicomnode.retry import RetryPolicy
 from dicomnode.spool import Spool
 from dicomnode.work_queue import WorkQueue
 from dicomnode.worker import analyse_next
 from pipeline.dicomio import Radiograph, read_radiograph
-from pipeline.inference import ModelBundle, StudyPrediction
+from pipeline.inference import NEGATIVE_INCOMPLETE, ModelBundle, StudyPrediction
 from pipeline.ood import NOT_ANALYSABLE, OOD_FILE
 from tests.dicomnode.test_reports import (
     _dciodvfy_errors,
@@ -179,7 +179,7 @@ def test_sc_and_gsps_of_an_abstained_image_say_not_analysable(
     noise_uid = case.noise[1].sop_instance_uid
     views = [v for v in mixed.views if v.view.sop_instance_uid == noise_uid]
     headline, lines = banner_text(views, mixed, context)
-    assert headline == f"{LEVEL_TEXT[mixed.level]} (study)"  # the study was analysed
+    assert headline == f"{LEVEL_TEXT[mixed.finding]} (study)"  # the study was analysed
     assert f"This image: {NOT_ANALYSABLE}" in lines
     assert not any("this image p =" in line for line in lines)
     good = [v for v in mixed.views if v.view.sop_instance_uid != noise_uid]
@@ -247,3 +247,61 @@ def test_a_study_the_model_abstained_on_ends_done_with_its_report_not_out_of_sco
                          policy=RetryPolicy())  # fmt: skip
     row = queue.study(study_uid)
     assert row is not None and row.state == "done" and row.reason == NOT_ANALYSABLE
+
+
+def _scored(mixed: StudyPrediction, probability: float, level: str) -> StudyPrediction:
+    """`mixed` with its read view(s) and study scored `probability` (its abstained view kept)."""
+    views = tuple(v if v.abstained else dataclasses.replace(v, probability=probability)
+                  for v in mixed.views)  # fmt: skip
+    return dataclasses.replace(mixed, views=views, probability=probability, level=level)
+
+
+def _study_group_finding(path: Path) -> set[str]:
+    content = hd.sr.srread(path).content
+    (study,) = [g for g in content.get_planar_roi_measurement_groups()
+                if g.tracking_identifier == "Study"]  # fmt: skip
+    return _finding_values(study) - {FRACTURE.value}  # the finding type is a "Finding" too
+
+
+def test_a_negative_read_with_an_unread_view_is_never_reported_as_no_fracture(
+    case: Case, mixed: StudyPrediction, tmp_path: Path
+) -> None:
+    # The fracture may show only on the view the model could not read: the study is not cleared.
+    negative = _scored(mixed, 0.001, "negative")
+    assert negative.unanalysed_views == 1 and negative.finding == NEGATIVE_INCOMPLETE
+    context = ReportContext(sources=[case.good[0], case.noise[0]], bundle=case.bundle.info)
+    path = tmp_path / "sr.dcm"
+    _round_trip(build_sr(negative, context), path)
+    assert _dciodvfy_errors(path) == []
+    assert _pixelmed_findings(path) == []
+    assert _study_group_finding(path) == {"NEG_INCOMPLETE"}
+    assert LEVEL_TEXT[NEGATIVE_INCOMPLETE] in _dsrdump(path)  # the read view says its own level
+
+    noise_uid = case.noise[1].sop_instance_uid
+    good = [v for v in negative.views if v.view.sop_instance_uid != noise_uid]
+    headline, _ = banner_text(good, negative, context)
+    assert headline == f"{LEVEL_TEXT[NEGATIVE_INCOMPLETE]} (study)"
+    gsps = build_gsps(good, negative, case.good[0], context, instance_number=1)
+    texts = [t.UnformattedTextValue for a in gsps.GraphicAnnotationSequence
+             for t in a.get("TextObjectSequence", [])]  # fmt: skip
+    assert any(LEVEL_TEXT[NEGATIVE_INCOMPLETE].lower() in t for t in texts), texts
+    assert not any(LEVEL_TEXT["negative"].lower() in t for t in texts), texts
+
+
+def test_a_fracture_found_on_the_read_views_stands_and_a_fully_read_negative_is_negative(
+    case: Case, mixed: StudyPrediction, tmp_path: Path
+) -> None:
+    likely = _scored(mixed, 0.999, "likely")
+    assert likely.finding == "likely"
+    context = ReportContext(sources=[case.good[0], case.noise[0]], bundle=case.bundle.info)
+    path = tmp_path / "likely.dcm"
+    _round_trip(build_sr(likely, context), path)
+    assert _study_group_finding(path) == {"LIKELY"}
+
+    alone = case.bundle.predict([case.good[1]])
+    read = _scored(alone, 0.001, "negative")
+    assert read.unanalysed_views == 0 and read.finding == "negative"
+    path = tmp_path / "negative.dcm"
+    _round_trip(build_sr(read, ReportContext(sources=[case.good[0]], bundle=case.bundle.info)),
+                path)  # fmt: skip
+    assert _study_group_finding(path) == {"NEGATIVE"}

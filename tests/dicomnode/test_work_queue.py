@@ -8,7 +8,7 @@ import pytest
 
 from dicomnode.completeness import CompletenessParams
 from dicomnode.retry import RetryPolicy
-from dicomnode.work_queue import WorkQueue
+from dicomnode.work_queue import MAX_CRASHES, WorkQueue
 
 PARAMS = CompletenessParams(grace_seconds=2.0, quiet_seconds=30.0)
 POLICY = RetryPolicy(initial_delay_s=30.0, max_delay_s=3600.0, give_up_after_s=86400.0,
@@ -44,6 +44,55 @@ def test_claims_are_exclusive_and_recovered_after_a_crash(queue: WorkQueue, tmp_
     restarted = WorkQueue(tmp_path / "index.sqlite")  # another process after a kill -9
     assert restarted.recover() == 2
     assert {s.study_uid for s in restarted.studies_in_state("complete")} == {"1.1", "1.2"}
+
+
+def test_a_dead_workers_study_is_queued_again_then_failed_when_it_kills_every_worker(
+    queue: WorkQueue,
+) -> None:
+    queue.promote_complete(1000.0, PARAMS)
+    held = queue.claim(now=1001.0, worker=4242)
+    other = queue.claim(now=1001.0, worker=4343)
+    assert held and other
+    for attempt in range(1, MAX_CRASHES):
+        assert queue.release_crashed(4242, "killed by signal SIGSEGV") == [
+            (held.study_uid, "complete")
+        ]
+        row = queue.study(held.study_uid)
+        assert row and row.state == "complete" and "SIGSEGV" in row.reason
+        assert queue.claim(now=1002.0 + attempt, worker=4242) is not None
+    assert queue.release_crashed(4242, "killed by signal SIGSEGV") == [(held.study_uid, "failed")]
+    row = queue.study(held.study_uid)
+    assert row and row.state == "failed" and f"stopped {MAX_CRASHES} times" in row.reason
+    # The other worker's study was never touched; a pid that held nothing releases nothing.
+    assert queue.study(other.study_uid).state == "analysing"  # type: ignore[union-attr]
+    assert queue.release_crashed(999, "exited with status 1") == []
+
+
+def test_a_finished_analysis_and_a_reopened_study_forget_earlier_crashes(
+    queue: WorkQueue, tmp_path: Path
+) -> None:
+    queue.promote_complete(1000.0, PARAMS)
+    queue.set_state("1.2", "done")  # one study in play
+    study = queue.claim(now=1001.0, worker=7)
+    assert study is not None
+    for _ in range(MAX_CRASHES - 1):
+        queue.release_crashed(7, "killed")
+        assert queue.claim(now=1002.0, worker=7) is not None
+    queue.schedule(study.study_uid, [], [Path("r.dcm")], now=1003.0)  # analysed after all
+    queue.set_state(study.study_uid, "complete")
+    assert queue.claim(now=1004.0, worker=7) is not None
+    assert queue.release_crashed(7, "killed") == [(study.study_uid, "complete")]  # count restarted
+    # A failed study reopened by a new instance starts counting afresh too.
+    while queue.release_crashed(7, "killed") != [(study.study_uid, "failed")]:
+        assert queue.claim(now=1005.0, worker=7) is not None
+    queue.record_instance(sop_uid=f"{study.study_uid}.2", study_uid=study.study_uid,
+                          series_uid=f"{study.study_uid}.9",
+                          sop_class_uid="1.2.840.10008.5.1.4.1.1.1", path=tmp_path / "y.dcm",
+                          calling_aet="MODALITY", association_id="again", received_at=2000.0,
+                          ours=False)  # fmt: skip
+    queue.set_state(study.study_uid, "complete")
+    assert queue.claim(now=2001.0, worker=7) is not None
+    assert queue.release_crashed(7, "killed") == [(study.study_uid, "complete")]
 
 
 def _analysed(queue: WorkQueue) -> str:

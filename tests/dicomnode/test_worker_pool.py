@@ -69,6 +69,27 @@ def test_a_killed_worker_is_restarted_at_once(tmp_path: Path) -> None:
     assert pool.alive() == 0
 
 
+def test_the_study_a_killed_worker_was_analysing_is_queued_again_at_once(tmp_path: Path) -> None:
+    config = with_overrides(Config(), storage={"path": tmp_path})
+    queue = WorkQueue(database(config))
+    pool = WorkerPool(config)
+    pool.start()
+    try:
+        worker = pool.processes[0]
+        assert worker is not None and worker.pid is not None
+        _queued_study(queue, tmp_path)
+        # As if the worker had claimed it (it claims only what is 'complete': no race here).
+        assert queue.claim(worker=worker.pid) is not None
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(10)
+        pool.supervise()
+        study = queue.study(STUDY)
+        assert study is not None and study.state == "complete"
+        assert f"worker {worker.pid} killed by signal SIGKILL" in study.reason
+    finally:
+        pool.shutdown(timeout=30)
+
+
 def _healthz(port: int) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
