@@ -11,6 +11,10 @@
 3. Summary: instances sent / answered Success / stored / lost, failure statuses, time from the
    last instance received to the results delivered (p50/p95), peak RSS, and
    PASS/FAIL for "no loss, no failure status" (exit status 1 on FAIL).
+4. Uptime (bench/uptime.py): each process's RSS slope after --warmup-minutes, its open file
+   descriptors, and the index's growth per study. Nothing is purged in a soak (the study must
+   stay to be checked): that retention bounds the index is shown by
+   tests/reliability/test_retention.py, over 120 simulated days. The issue's run: --minutes 120.
 
     .venv/bin/python bench/soak.py [--minutes 20] [--senders 4] [--studies-per-minute 15]
 """
@@ -56,6 +60,7 @@ from bench.loadgen import (
     study_outcomes,
     wait_final,
 )
+from bench.uptime import ResourceSampler, uptime_checks, uptime_figures
 from tests.integration.node_process import NodeProcess
 from tests.integration.orthanc import OrthancServer
 from train.phantoms.archive import generate_archive
@@ -236,7 +241,8 @@ def soak(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
         assert node.process is not None
         try:
             sampler = MemorySampler(node.process.pid, interval=args.sample_seconds)
-            with sampler:
+            resources = ResourceSampler(node.process.pid, node.index_path, args.sample_seconds)
+            with sampler, resources:
                 started = time.monotonic()
                 senders = Senders(node.port, pools, tmp / "copies", count=args.senders,
                                   per_minute=args.studies_per_minute,
@@ -252,6 +258,7 @@ def soak(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
                 drained = time.monotonic() - started - soak_seconds
                 alive = node.process.poll() is None
             figures = _figures(sent, outcomes, node, orthanc, soak_seconds, sampler)
+            figures |= uptime_figures(resources.samples, args.warmup_minutes * 60)
             figures |= {"drain_s": drained, "node_alive_at_end": alive,
                         "sender_errors": senders.errors}  # fmt: skip
         finally:
@@ -388,7 +395,7 @@ def print_summary(figures: dict[str, Any], comparison: list[str],
     for name, value in figures.items():
         print(f"  {name:<{width}}{_format(value)}")
     print("-" * 78)
-    checks = verdict(figures)
+    checks = verdict(figures) + uptime_checks(figures)
     for name, ok in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     passed = all(ok for _, ok in checks)
@@ -436,6 +443,8 @@ def main() -> None:
         "--compare-full", type=int, default=40, help="full-size instances in the ingest comparison"
     )
     parser.add_argument("--no-compare", action="store_true", help="skip the ingest comparison")
+    parser.add_argument("--warmup-minutes", type=float, default=10.0,
+                        help="memory and descriptor slopes are measured after this")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (logs, index)")

@@ -183,7 +183,7 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
 
     from dicomnode.audit import AuditLog
     from dicomnode.completeness import CompletenessParams
-    from dicomnode.scp import start_server
+    from dicomnode.receivers import ReceiverStartError, start_receiving
     from dicomnode.sd_notify import notify, watchdog_interval
     from dicomnode.spool import Spool
     from dicomnode.supervision import AnalysisHealth
@@ -214,7 +214,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     pool = WorkerPool(config, on_change=analysis_changed)
     pool.start()
     completeness = CompletenessParams(config.completeness.grace_seconds,
-                                      config.completeness.quiet_seconds)  # fmt: skip
+                                      config.completeness.quiet_seconds,
+                                      config.completeness.analyse_during_grace)  # fmt: skip
     scheduler = BackgroundScheduler()
     scheduler.add_job(_promote, "interval", args=[queue, completeness, audit], seconds=0.25,
                       max_instances=1, coalesce=True)  # fmt: skip
@@ -223,20 +224,30 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
         from dicomnode.retention import scheduled_purge
 
         scheduler.add_job(scheduled_purge, "interval", args=[queue, root,
-                          config.retention.purge_after_hours * 3600, audit],
+                          config.retention.purge_after_hours * 3600, audit,
+                          config.retention.forget_after_days * 86400],
                           seconds=config.retention.check_interval_seconds, max_instances=1,
                           coalesce=True)  # fmt: skip
     scheduler.start()
-    server = start_server(config, spool, queue, audit)
+    try:
+        receivers = start_receiving(config, spool, queue, audit)
+    except ReceiverStartError as exc:
+        print(f"dicomnode: {exc}", file=sys.stderr)
+        scheduler.shutdown(wait=True)
+        pool.shutdown()
+        queue.close()
+        return 2
+    scheduler.add_job(receivers.supervise, "interval", seconds=1, max_instances=1, coalesce=True)
     http = None
     if config.http.port:
         from dicomnode.drift import DriftMonitor, reference_of
         from dicomnode.health import health, start_http
 
-        expected, shadow = config.analysis.workers, config.results.shadow
+        expected, shadow = config.analysis.worker_count, config.results.shadow
         drift = DriftMonitor(root, reference_of(config.model.bundle))
         http = start_http(config.http.host, config.http.port, queue,
-                          lambda: health(queue, pool.alive(), expected, pool.health, drift, shadow),
+                          lambda: health(queue, pool.alive(), expected, pool.health, drift, shadow,
+                                         receivers=(receivers.alive(), receivers.expected)),
                           drift)  # fmt: skip
     log.info("storage in %s; %s", root, _counts(queue))
     if config.results.shadow:
@@ -254,7 +265,8 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     stop.wait()
     notify("STOPPING=1")
     log.info("stopping: no new associations; letting the workers finish their current study")
-    server.shutdown()
+    pool.stop.set()  # first: no worker that stops from now on is restarted (supervise)
+    receivers.shutdown()
     if http is not None:
         http.shutdown()
     scheduler.shutdown(wait=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 import tomllib
 import types
@@ -201,6 +202,9 @@ class NodeSection(_Validated):
     port: int = _checked(11112, check=_port)
     max_associations: int = _checked(32, check=_positive)
     """Established associations at once; one more is rejected (transient, local limit)."""
+    receivers: int = _checked(1, check=_positive)
+    """Processes receiving on the port (SO_REUSEPORT, see dicomnode.receivers); 1 receives in
+    the service process itself. Recommended: the number of cores."""
     network_timeout_seconds: float = _checked(30.0, check=_positive)
     """A peer silent this long (before or inside an association) is dropped."""
 
@@ -292,6 +296,9 @@ class CompletenessSection(_Validated):
     """After the sender released its association, wait this long for more instances."""
     quiet_seconds: float = _checked(30.0, check=_non_negative)
     """Without a release (or across associations), wait this long after the last instance."""
+    analyse_during_grace: bool = True
+    """Analyse a released study at once and hold its results until the grace period ends (an
+    instance arriving meanwhile withdraws them, unsent); false waits for the grace to end."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -323,7 +330,32 @@ class ModelSection:
 class AnalysisSection(_Validated):
     """Analysis worker processes, isolated from the receiver."""
 
-    workers: int = _checked(1, check=_positive)
+    workers: int = _checked(0, check=_non_negative)
+    """Processes analysing studies side by side; 0: one per core the node may use, at most
+    MAX_AUTO_WORKERS. Each runs the model on cores / workers threads, so a burst of studies
+    keeps every core busy without oversubscribing them."""
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 resolved to the cores available (at least 1)."""
+        return self.workers or min(MAX_AUTO_WORKERS, available_cores())
+
+    @property
+    def threads_per_worker(self) -> int:
+        """The model's threads in each worker: the cores shared out, at least 1."""
+        return max(1, available_cores() // self.worker_count)
+
+
+MAX_AUTO_WORKERS = 8
+"""Beyond this many, workers cost memory (~0.3-0.8 GB each) for little: set `workers` explicitly."""
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity, which containers and systemd limit)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -376,6 +408,9 @@ class RetentionSection(_Validated):
     purge_after_hours: float = _checked(720.0, check=_non_negative)
     """Age after delivery at which a study's files are removed; 0 keeps them for ever."""
     check_interval_seconds: float = _checked(3600.0, check=_positive)
+    forget_after_days: float = _checked(365.0, check=_non_negative)
+    """Age after its purge at which the index forgets a study (row, deliveries, associations),
+    so the index stays bounded; 0 remembers every study for ever."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dicomnode.commitment import request_commitment
 from dicomnode.config import Config, Destination
 from dicomnode.retry import RetryPolicy
 from dicomnode.sender import SendResult, send_files
-from dicomnode.work_queue import Delivery, WorkQueue
+from dicomnode.work_queue import WITHDRAWN_REASON, Delivery, WorkQueue
 
 log = logging.getLogger("dicomnode.worker")
 
@@ -42,6 +42,12 @@ def deliver_due(queue: WorkQueue, destinations: dict[str, Destination], config: 
     """Attempt every delivery due now once; False when none was due. Each is claimed first:
     another worker never sends the same results at the same time."""
     now, worked = time.time(), False
+    for study_uid, files in queue.withdraw_stale(now):
+        for path in files:
+            path.unlink(missing_ok=True)
+        log.info("study %s: %s (%d unsent result(s) removed)", study_uid,
+                 WITHDRAWN_REASON, len(files))  # fmt: skip
+        worked = True
     while (delivery := queue.claim_due(now, config.sending.timeout_seconds)) is not None:
         _deliver(queue, delivery, destinations, config, policy)
         worked = True

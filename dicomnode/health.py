@@ -140,10 +140,11 @@ def start_http(host: str, port: int, queue: WorkQueue,
 
 
 def health(queue: WorkQueue, workers_alive: int, expected: int, analysis: AnalysisHealth,
-           drift: DriftMonitor | None = None,
-           shadow: bool = False) -> dict[str, object]:  # fmt: skip
-    """The /healthz answer: ok when every worker runs, analysis is not failing and the database
-    answers; otherwise `reason` says why. With a `drift` monitor, `degraded` (and then
+           drift: DriftMonitor | None = None, shadow: bool = False, *,
+           receivers: tuple[int, int] | None = None) -> dict[str, object]:  # fmt: skip
+    """The /healthz answer: ok when every worker and every receiver process (`receivers`:
+    alive, expected) runs, analysis is not failing and the database answers; otherwise
+    `reason` says why. With a `drift` monitor, `degraded` (and then
     `degraded_reason`) says whether the model's outputs left their band: a field to alert on,
     not a failure of the node (the status code stays)."""
     try:
@@ -156,10 +157,14 @@ def health(queue: WorkQueue, workers_alive: int, expected: int, analysis: Analys
         reasons.append(f"analysis {analysis.describe()}")
     elif workers_alive != expected:
         reasons.append(f"{workers_alive} of {expected} analysis workers running")
+    if receivers is not None and receivers[0] != receivers[1]:
+        reasons.append(f"{receivers[0]} of {receivers[1]} receiver processes running")
     answer: dict[str, object] = {
         "ok": not reasons, "workers": workers_alive, "expected_workers": expected,
         "database": database, "analysis": analysis.state, "time": time.time(),
     }  # fmt: skip
+    if receivers is not None:
+        answer["receivers"], answer["expected_receivers"] = receivers
     if reasons:
         answer["reason"] = "; ".join(reasons)
     if shadow:

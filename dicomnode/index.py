@@ -11,6 +11,8 @@ study. The schema (the index's and the work queue's) is made and migrated by dic
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -31,9 +33,9 @@ same instance re-sent with a corrected Body Part Examined)."""
 _REOPEN = ", ".join(f"'{state}'" for state in REOPENED_BY_ARRIVAL)
 _STALE = f"'{StudyState.COMPLETE}', '{StudyState.ANALYSING}', '{StudyState.SENDING}', {_REOPEN}"
 
-# A store into a study and a purge of it exclude each other (see `Index.study_lock`). Per process:
-# the receiver and the retention job both run in the service process. Striped, so stores into
-# different studies rarely wait for one another.
+# A store into a study and a purge of it exclude each other (see `Index.study_lock`): across
+# threads by these locks, across processes (receivers, the retention job) by flock on one file
+# per stripe. Striped, so stores into different studies rarely wait for one another.
 _STUDY_LOCKS = tuple(threading.Lock() for _ in range(256))
 
 
@@ -86,6 +88,7 @@ class Index:
         self._db.executescript(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA recursive_triggers=ON;"
         )
+        self._lock_files = _LockFiles(path.parent / "locks")
         try:
             migrate(self._db, path)  # SchemaError for a database newer than this code
         except BaseException:
@@ -93,8 +96,9 @@ class Index:
             raise
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and the study lock files)."""
         self._db.close()
+        self._lock_files.close()
 
     def record_instance(
         self,
@@ -173,9 +177,15 @@ class Index:
                 (at, association_id),
             )
 
-    def close_open_associations(self, at: float) -> int:
-        """Close, as aborted at `at`, the associations a crash left open; call at start-up."""
-        rows = self._query("SELECT association_id FROM associations WHERE closed_at IS NULL")
+    def close_open_associations(self, at: float, *, prefix: str = "") -> int:
+        """Close, as aborted at `at`, the associations a crash left open; call at start-up.
+        With `prefix`, only those whose id starts with it (a receiver process that died, see
+        dicomnode.receivers)."""
+        rows = self._query(
+            "SELECT association_id FROM associations WHERE closed_at IS NULL"
+            " AND substr(association_id, 1, ?) = ?",
+            (len(prefix), prefix),
+        )
         for (association_id,) in rows:
             self.association_closed(association_id, at, released=False)
         return len(rows)
@@ -238,10 +248,13 @@ class Index:
         result.update(self._query("SELECT state, n FROM study_counts WHERE n > 0"))
         return result | {"instances": self._query("SELECT instances FROM instance_totals")[0][0]}
 
-    def study_lock(self, study_uid: str) -> threading.Lock:
+    def study_lock(self, study_uid: str) -> contextlib.AbstractContextManager[None]:
         """The lock a store into `study_uid` (file and index row) and a purge of that study hold,
-        so that a purge never removes an instance being stored (in this process)."""
-        return _STUDY_LOCKS[zlib.crc32(study_uid.encode()) % len(_STUDY_LOCKS)]
+        so that a purge never removes an instance being stored, in this process or in another
+        (receiver processes, see dicomnode.receivers): a thread lock, then an flock on the
+        stripe's file beside the database."""
+        stripe = zlib.crc32(study_uid.encode()) % len(_STUDY_LOCKS)
+        return _held(_STUDY_LOCKS[stripe], self._lock_files, stripe)
 
     def purge_candidates(self, states: tuple[str, ...], changed_before: float) -> list[StudyRow]:
         """Studies in `states` since before `changed_before` and not purged since, oldest first."""
@@ -285,14 +298,46 @@ class Index:
                 (study.study_uid, study.state_changed_at, at, study.state, instances, results,
                  bytes_removed),
             )  # fmt: skip
+            db.execute(
+                "UPDATE purge_totals SET studies = studies + 1, instances = instances + ?,"
+                " results = results + ?, bytes = bytes + ?",
+                (instances, results, bytes_removed),
+            )
             return True
+
+    def forget_purged(self, purged_before: float) -> int:
+        """Forget the studies purged before `purged_before` and still as their purge left them
+        (same final state, no instance since): their rows, deliveries, commitments and timings,
+        then the closed associations that sent nothing else. Keeps the index's size bounded by
+        retention; the purge totals stay. A study sent again after this is a new study to the
+        node (analysed again; its result UIDs are deterministic, so the PACS stores it once).
+        Returns how many studies were forgotten."""
+        with self._transaction() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS forgotten (study_uid TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM forgotten")
+            db.execute(
+                "INSERT INTO forgotten SELECT s.study_uid FROM studies s JOIN purged p"
+                " ON p.study_uid = s.study_uid AND p.state_changed_at = s.state_changed_at"
+                " WHERE p.purged_at < ? AND s.state = p.state"
+                " AND NOT EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = s.study_uid)",
+                (purged_before,),
+            )
+            forgotten = "study_uid IN (SELECT study_uid FROM forgotten)"
+            for table in ("deliveries", "delivery_leases", "commitments", "stage_timings",
+                          "association_studies", "purged", "studies"):  # fmt: skip
+                db.execute(f"DELETE FROM {table} WHERE {forgotten}")
+            count = int(db.execute("SELECT COUNT(*) FROM forgotten").fetchone()[0])
+            db.execute(
+                "DELETE FROM associations WHERE closed_at < ? AND association_id NOT IN"
+                " (SELECT association_id FROM association_studies)",
+                (purged_before,),
+            )
+            db.execute("DELETE FROM forgotten")
+        return count
 
     def purge_totals(self) -> dict[str, int]:
         """Purges so far: studies (each purge counted), instances, results and bytes removed."""
-        row = self._query(
-            "SELECT COUNT(*), COALESCE(SUM(instances), 0), COALESCE(SUM(results), 0),"
-            " COALESCE(SUM(bytes), 0) FROM purged"
-        )[0]
+        row = self._query("SELECT studies, instances, results, bytes FROM purge_totals")[0]
         return dict(zip(("studies", "instances", "results", "bytes"), map(int, row), strict=True))
 
     def _studies(self, where: str, params: tuple[Any, ...]) -> list[StudyRow]:
@@ -320,6 +365,41 @@ class Index:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+
+class _LockFiles:
+    """One open file per lock stripe, opened on first use (flock locks belong to the open
+    file, so every thread of the process shares it behind the stripe's thread lock)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._fds: dict[int, int] = {}
+        self._guard = threading.Lock()
+
+    def fd(self, stripe: int) -> int:
+        with self._guard:
+            if stripe not in self._fds:
+                self.folder.mkdir(mode=0o700, exist_ok=True)
+                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+                self._fds[stripe] = os.open(self.folder / f"study-{stripe:03d}.lock", flags, 0o600)
+            return self._fds[stripe]
+
+    def close(self) -> None:
+        with self._guard:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+@contextlib.contextmanager
+def _held(lock: threading.Lock, files: _LockFiles, stripe: int) -> Iterator[None]:
+    with lock:
+        fd = files.fd(stripe)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _check_state(*states: str) -> None:

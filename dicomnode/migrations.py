@@ -191,11 +191,21 @@ _V4 = (
     "ALTER TABLE studies ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
 )
 
+# Version 5: the purge totals kept in one row, seeded from `purged`, so that the index can forget
+# purged studies long after their purge (`Index.forget_purged`) without losing the totals.
+_V5 = (
+    "CREATE TABLE purge_totals (id INTEGER PRIMARY KEY CHECK (id = 1), studies INTEGER NOT NULL,"
+    " instances INTEGER NOT NULL, results INTEGER NOT NULL, bytes INTEGER NOT NULL)",
+    "INSERT INTO purge_totals SELECT 1, COUNT(*), COALESCE(SUM(instances), 0),"
+    " COALESCE(SUM(results), 0), COALESCE(SUM(bytes), 0) FROM purged",
+)
+
 MIGRATIONS = (
     Migration(1, "the index and the work queue", _sql(*_V1)),
     Migration(2, "bounded metrics: counters, stage histogram, timing retention", _sql(*_V2)),
     Migration(3, "storage commitment: transactions and their outcome", _sql(*_V3)),
     Migration(4, "the worker analysing a study, and the crashes it caused", _sql(*_V4)),
+    Migration(5, "purge totals that outlive the purged studies' rows", _sql(*_V5)),
 )
 CURRENT_VERSION = MIGRATIONS[-1].version
 

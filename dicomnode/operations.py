@@ -7,6 +7,7 @@ from typing import Any
 
 from dicomnode.config import Config
 from dicomnode.drift import DriftMonitor, reference_of
+from dicomnode.receiver_status import read_status
 from dicomnode.states import StudyState
 from dicomnode.work_queue import WorkQueue
 from dicomnode.worker import SHADOW_REASON, database
@@ -47,11 +48,22 @@ def status(config: Config, *, now: float | None = None, recent: int = 10) -> dic
             "commitments": queue.commitment_counts(),
             "purged": queue.purge_totals(),
             "shadow": config.results.shadow,
+            "receivers": _receivers(config),
             "drift": DriftMonitor(config.storage.path,
                                   reference_of(config.model.bundle)).report(at).as_dict(),
         }  # fmt: skip
     finally:
         queue.close()
+
+
+def _receivers(config: Config) -> dict[str, Any] | None:
+    """The receiver processes as the service last recorded them (None: it never did)."""
+    recorded = read_status(config.storage.path)
+    if recorded is None:
+        return None
+    return {"alive": recorded.alive, "expected": recorded.expected, "pids": list(recorded.pids),
+            "restarts": recorded.restarts, "updated": utc_timestamp(recorded.updated),
+            "summary": recorded.describe()}  # fmt: skip
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -60,6 +72,8 @@ def format_status(report: dict[str, Any]) -> str:
     analysis = report["analysis"]
     since = "" if analysis["state"] == "running" else f" (since {analysis['since']})"
     lines = [f"analysis: {analysis['summary']}{since}"]
+    if report.get("receivers"):
+        lines.append(f"receivers: {report['receivers']['summary']}")
     if report.get("shadow"):
         lines.append(SHADOW_REASON)
     lines.append("studies: " + ", ".join(f"{k} {v}" for k, v in counts.items()

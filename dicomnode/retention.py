@@ -16,8 +16,10 @@ last delivery went out.
 What is removed: ``spool/instances/<study>/`` (the instances received, our own results sent back
 to us included) and ``results/instances/<study>/`` (the SR and Secondary Captures made). The index
 then forgets the study's instances and records the purge (table ``purged``); the study row stays,
-in its final state, for `dicomnode status`. One "study-purged" audit event per study: its UID,
-final state, file counts and bytes; no patient data.
+in its final state, for `dicomnode status`, until `[retention] forget_after_days` after the purge,
+when the index forgets the study altogether (`Index.forget_purged`), so that it stays bounded
+however long the node runs. One "study-purged" audit event per study: its UID, final state, file
+counts and bytes; no patient data.
 
 Order: files first, then the index, so a purge frees space even on a full disk (the index write
 then has room), and a crash between the two leaves a study the next run purges again (its files
@@ -129,17 +131,22 @@ def purge_delivered(
 
 
 def scheduled_purge(index: Index, storage_root: Path, older_than_s: float,
-                    audit: AuditLog) -> None:  # fmt: skip
-    """The service's retention job: purge now; log, never raise (the next run retries)."""
+                    audit: AuditLog, forget_after_s: float = 0.0) -> None:  # fmt: skip
+    """The service's retention job: purge now, then forget the studies purged more than
+    `forget_after_s` ago (0: never); log, never raise (the next run retries)."""
+    now = time.time()
     try:
-        report = purge_delivered(index, storage_root, older_than_s=older_than_s,
-                                 now=time.time(), audit=audit)  # fmt: skip
+        report = purge_delivered(index, storage_root, older_than_s=older_than_s, now=now,
+                                 audit=audit)  # fmt: skip
+        forgotten = index.forget_purged(now - forget_after_s) if forget_after_s > 0 else 0
     except Exception as exc:  # e.g. the index unwritable: the timer must keep running
         log.error("retention run failed: %s: %s", type(exc).__name__, exc)
         return
     if report.purged or report.errors:
         log.info("retention: %d study(ies) purged, %d bytes freed, %d failed",
                  len(report.purged), report.bytes_removed, len(report.errors))  # fmt: skip
+    if forgotten:
+        log.info("retention: %d study(ies) purged long ago forgotten by the index", forgotten)
 
 
 def _purge_study(index: Index, storage_root: Path, study: StudyRow,

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sqlite3
 import time
 import uuid
-from typing import Any, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
@@ -46,6 +48,9 @@ from pipeline.dicom.uids import (
     UNCOMPRESSED_LITTLE_ENDIAN,
     is_valid_uid,
 )
+
+if TYPE_CHECKING:
+    from dicomnode.receivers import ReceiverRole
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +89,21 @@ def start_server(
     audit: AuditLog | None = None,
     *,
     block: bool = False,
+    receiver: ReceiverRole | None = None,
 ) -> ThreadedAssociationServer:
     """Listen on config.node.host:port with the storage handlers bound to `spool` and `index`,
     admitting the callers config.access allows (TLS when config.tls.enabled).
 
-    With ``block=False`` returns the running server (stop it with ``shutdown()``).
+    With ``block=False`` returns the running server (stop it with ``shutdown()``). With
+    `receiver`, this is one of several receiver processes on the port (dicomnode.receivers).
     """
-    index.close_open_associations(time.time())  # left open by a crash: nobody sends on them
+    if receiver is None:  # one of several receivers: the service closed these before them
+        index.close_open_associations(time.time())  # left open by a crash: nobody sends on them
     audit = audit or AuditLog(config.audit_path)
     associations = AssociationLog()
+    elsewhere = receiver.established_elsewhere if receiver is not None else None
     handlers: list[Any] = [
-        (evt.EVT_REQUESTED, handle_requested, [config, audit]),
+        (evt.EVT_REQUESTED, handle_requested, [config, audit, elsewhere]),
         (evt.EVT_C_ECHO, handle_echo, [associations]),
         (evt.EVT_C_STORE, handle_store, [spool, index, associations]),
         (evt.EVT_ACCEPTED, handle_accepted, [index, audit, associations]),
@@ -120,15 +129,26 @@ def start_server(
         timeout_s = config.node.network_timeout_seconds
         handlers.append((evt.EVT_CONN_OPEN, handle_plain_open, [timeout_s]))
         handlers.append((evt.EVT_CONN_CLOSE, handle_conn_close))
-    server = build_ae(config).start_server(address, block=block, evt_handlers=handlers)
+    server: ThreadedAssociationServer | None
+    if receiver is not None:
+        handlers += receiver.handlers()
+        server = receiver.serve(build_ae(config), address, handlers)
+    else:
+        server = build_ae(config).start_server(address, block=block, evt_handlers=handlers)
     log.info(
-        "listening as %s on %s:%d%s",
+        "listening as %s on %s:%d%s%s",
         config.node.ae_title,
         *address,
         " (TLS)" if ssl_context else "",
+        f" (receiver process {os.getpid()})" if receiver is not None else "",
     )
     assert server is not None or block  # pynetdicom returns the server when not blocking
     return server  # type: ignore[return-value]
+
+
+def association_prefix(pid: int) -> str:
+    """How the ids of the associations process `pid` accepted begin."""
+    return f"assoc-{pid}_"
 
 
 def handle_echo(event: Event, associations: AssociationLog | None = None) -> int:
@@ -147,8 +167,11 @@ def _tally(event: Event, associations: AssociationLog | None) -> AssociationTall
         return None
 
 
-def handle_requested(event: Event, config: Config, audit: AuditLog) -> None:
-    """A-ASSOCIATE-RQ: reject callers the allow list refuses, and any beyond the limit."""
+def handle_requested(
+    event: Event, config: Config, audit: AuditLog, elsewhere: Callable[[], int] | None = None
+) -> None:
+    """A-ASSOCIATE-RQ: reject callers the allow list refuses, and any beyond the limit
+    (`elsewhere` counts the associations the node's other receiver processes hold)."""
     assoc = event.assoc
     try:
         request = cast(A_ASSOCIATE, assoc.requestor.primitive)
@@ -159,7 +182,7 @@ def handle_requested(event: Event, config: Config, audit: AuditLog) -> None:
         if rejection is None:
             established = sum(
                 1 for a in assoc.ae.active_associations if a.is_acceptor and a.is_established
-            )
+            ) + (elsewhere() if elsewhere is not None else 0)
             rejection = too_many(established, config.node.max_associations)
         if rejection is None:
             return
@@ -190,8 +213,9 @@ def handle_accepted(
     """Name the association uniquely, record it and start its tally."""
     try:
         assoc = event.assoc
-        # pynetdicom names acceptor threads by the second; the index needs a unique id.
-        assoc.name = f"assoc-{uuid.uuid4().hex[:16]}"
+        # pynetdicom names acceptor threads by the second; the index needs a unique id. The
+        # process id in it lets the service close what a receiver process that died left open.
+        assoc.name = f"{association_prefix(os.getpid())}{uuid.uuid4().hex[:16]}"
         calling, address = assoc.requestor.ae_title, assoc.requestor.address
         refused, classes = refused_contexts(assoc)
         if associations is not None:

@@ -29,6 +29,7 @@ from dicomnode.states import StudyState
 from dicomnode.supervision import AnalysisHealth
 
 STAGES = ("receive", "wait", "preprocess", "inference", "report", "send")
+WITHDRAWN_REASON = "instance received before the results were sent: analysed again"
 MAX_CRASHES = 3
 """Times a study may stop its analysis by a worker's death (or the node's) before it fails."""
 LEASE_EXTRA_MESSAGES = 3
@@ -137,9 +138,11 @@ class WorkQueue(CommitmentQueue):
         return released
 
     def schedule(self, study_uid: str, destinations: list[str], files: list[Path], now: float,
-                 *, final_state: str = StudyState.DONE, reason: str = "") -> None:  # fmt: skip
-        """Results are on disk: deliver `files` to every destination, starting now; the study
-        ends in `final_state` (with `reason`) once all are delivered."""
+                 *, final_state: str = StudyState.DONE, reason: str = "",
+                 hold_until: float = 0.0) -> None:  # fmt: skip
+        """Results are on disk: deliver `files` to every destination, from now or from
+        `hold_until` (the end of the grace period, see dicomnode.completeness), whichever is
+        later; the study ends in `final_state` (with `reason`) once all are delivered."""
         listing = "\n".join(str(f) for f in files)
         with self._transaction() as db:
             db.execute("DELETE FROM deliveries WHERE study_uid = ?", (study_uid,))
@@ -148,7 +151,7 @@ class WorkQueue(CommitmentQueue):
                 db.execute(
                     "INSERT INTO deliveries (study_uid, destination, files, next_attempt_at, "
                     "final_state) VALUES (?, ?, ?, ?, ?)",
-                    (study_uid, destination, listing, now, final_state),
+                    (study_uid, destination, listing, max(now, hold_until), final_state),
                 )
             state: str
             if destinations:
@@ -162,6 +165,37 @@ class WorkQueue(CommitmentQueue):
                 " analysed_by = NULL, crashes = 0 WHERE study_uid = ? AND state = ?",
                 (state, reason, now, study_uid, StudyState.ANALYSING),
             )
+
+    def withdraw_stale(self, now: float) -> list[tuple[str, tuple[Path, ...]]]:
+        """Withdraw results no destination has had yet from studies that received an instance
+        after their claim: their deliveries go, and the studies go back to 'receiving' to be
+        analysed again with that instance, a first report instead of a sent one and its
+        revision. Once any delivery of a study was attempted (or is being attempted), its
+        results go out and a revision follows, as `settle_study` says. Returns each withdrawn
+        study with its result files, for the caller to remove: never sent, they must not become
+        the predecessor of the next SR (a crash before the removal leaves that only)."""
+        withdrawn: list[tuple[str, tuple[Path, ...]]] = []
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT study_uid FROM studies s WHERE state = ? AND needs_revision = 1"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.study_uid = s.study_uid"
+                " AND (d.attempts > 0 OR d.status != 'pending'))"
+                " AND NOT EXISTS (SELECT 1 FROM delivery_leases l"
+                " WHERE l.study_uid = s.study_uid AND l.until > ?)",
+                (StudyState.SENDING, now),
+            ).fetchall()
+            for (study_uid,) in rows:
+                listings = db.execute("SELECT files FROM deliveries WHERE study_uid = ?",
+                                      (study_uid,)).fetchall()  # fmt: skip
+                files = {Path(p) for (listing,) in listings for p in listing.splitlines()}
+                db.execute("DELETE FROM deliveries WHERE study_uid = ?", (study_uid,))
+                db.execute(
+                    "UPDATE studies SET state = ?, reason = ?, needs_revision = 0,"
+                    " state_changed_at = ? WHERE study_uid = ?",
+                    (StudyState.RECEIVING, WITHDRAWN_REASON, now, study_uid),
+                )
+                withdrawn.append((str(study_uid), tuple(sorted(files))))
+        return withdrawn
 
     def due(self, now: float) -> list[Delivery]:
         """Pending deliveries whose next attempt is due."""

@@ -79,6 +79,9 @@ def run_worker(config: Config, stop: EventType, parent: int,
     with MODEL_FAILURE_EXIT_CODE, the reason sent on `report`, when the model fails."""
     configure_logging(config.logging)
     exit_with_parent(parent)
+    import torch  # here: the receiver process never loads it (~700 MB)
+
+    torch.set_num_threads(config.analysis.threads_per_worker)
     queue = WorkQueue(database(config))
     # Results stop at half the receiver's watermark: studies already accepted can still be
     # analysed while new ones are refused, and the index keeps room to record it all.
@@ -111,6 +114,9 @@ def run_worker(config: Config, stop: EventType, parent: int,
                 drift=drift,
                 shadow=shadow,
                 send=config.results.send,
+                hold_s=config.completeness.grace_seconds
+                if config.completeness.analyse_during_grace
+                else 0.0,
             )
             if not shadow:  # shadow mode sends nothing, not even what was due before
                 worked = deliver_due(queue, destinations, config, policy) or worked
@@ -174,10 +180,12 @@ def analyse_next(
     drift: DriftMonitor | None = None,
     shadow: bool = False,
     send: tuple[str, ...] = RESULT_KINDS,
+    hold_s: float = 0.0,
 ) -> bool:
     """Claim and analyse one complete study; False when there was none. `drift` counts its
     outcome; in `shadow` mode its results are kept and scheduled nowhere. `send` names the
-    result objects written ([results] send).
+    result objects written ([results] send). Deliveries start `hold_s` after the study's last
+    instance at the earliest (the grace period it was analysed during, see completeness).
 
     A full disk (results or index) puts the study back in the queue, without the results this
     attempt wrote (never sent, they must not become the predecessor of the next SR), and
@@ -192,7 +200,8 @@ def analyse_next(
     try:
         _analyse_claimed(queue, study, bundle, results, [] if shadow else destinations,
                          report_out_of_scope=report_out_of_scope, drift=drift,
-                         shadow=shadow, send=send)  # fmt: skip
+                         shadow=shadow, send=send,
+                         hold_until=study.last_received + hold_s)  # fmt: skip
     except Exception as exc:
         if not (is_disk_full(exc) or isinstance(exc, ModelFault)):
             raise
@@ -227,6 +236,7 @@ def _analyse_claimed(
     drift: DriftMonitor | None = None,
     shadow: bool = False,
     send: tuple[str, ...] = RESULT_KINDS,
+    hold_until: float = 0.0,
 ) -> None:
     """Analyse a claimed study and schedule its results (or mark it failed or out of scope)."""
     from dicomnode.analysis import analyse_study
@@ -260,7 +270,8 @@ def _analyse_claimed(
         log.info("study %s out of scope: %s", study.study_uid, outcome.reason)
         if outcome.files:  # the "not analysed" report
             queue.schedule(study.study_uid, destinations, list(outcome.files), time.time(),
-                           final_state=StudyState.OUT_OF_SCOPE, reason=outcome.reason)  # fmt: skip
+                           final_state=StudyState.OUT_OF_SCOPE, reason=outcome.reason,
+                           hold_until=hold_until)  # fmt: skip
         else:
             queue.set_state(study.study_uid, StudyState.OUT_OF_SCOPE, reason=outcome.reason)
         _count(drift, study.study_uid, None)
@@ -269,7 +280,7 @@ def _analyse_claimed(
     # "not analysable" report delivered and that reason kept.
     reason = SHADOW_REASON if shadow else (outcome.reason if abstained else "")
     queue.schedule(study.study_uid, destinations, list(outcome.files), time.time(),
-                   reason=reason)  # fmt: skip
+                   reason=reason, hold_until=hold_until)  # fmt: skip
     if shadow:
         log.info("study %s: %s (%d file(s) in the results spool)", study.study_uid,
                  SHADOW_REASON, len(outcome.files))  # fmt: skip
@@ -320,8 +331,8 @@ class WorkerPool:
         """Opened on the first worker stop, to release the study it held."""
 
     def start(self) -> None:
-        """Start `config.analysis.workers` processes."""
-        count = self.config.analysis.workers
+        """Start `config.analysis.worker_count` processes."""
+        count = self.config.analysis.worker_count
         self.processes, self._reports, self._started = [None] * count, [None] * count, [0.0] * count
         for i in range(count):
             self._spawn(i)

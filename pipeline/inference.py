@@ -23,7 +23,7 @@ from torch import nn
 
 from pipeline.aggregation import aggregate
 from pipeline.dicomio import Radiograph
-from pipeline.gradcam import grad_cam
+from pipeline.gradcam import grad_cam_batch
 from pipeline.models import build_aggregator, build_view_model, with_test_time_flip
 from pipeline.ood import NOT_ANALYSABLE, FeatureCapture, OodDetector, feature_layers
 from pipeline.preprocess.params_io import params_from_dict
@@ -40,6 +40,10 @@ LEVELS = ("negative", "possible", "likely")
 
 class BundleError(ValueError):
     """A model bundle that cannot be loaded; the message says which file and why."""
+
+
+VIEW_BATCH = 8
+"""Views scored in one forward pass (a study's views; more would only add memory)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,7 @@ class ModelBundle:
             reasons = "; ".join(sorted({i.wrist.reason for i in instances})) or "no images"
             return StudyPrediction(0.0, "negative", (), instances, False,
                                    f"no wrist view to analyse: {reasons}")  # fmt: skip
-        predictions = tuple(self._predict_view(v, heatmaps) for v in views)
+        predictions = self._predict_views(views, heatmaps)
         kept = [(v, p) for v, p in zip(views, predictions, strict=True) if not p.abstained]
         if not kept:
             if timings is not None:
@@ -229,30 +233,53 @@ class ModelBundle:
         x = torch.from_numpy(np.ascontiguousarray(view.pixels, dtype=np.float32))[None, None]
         return ((x - self.info.mean) / self.info.std).to(self.device)
 
-    def _predict_view(self, view: View, heatmap: bool) -> ViewPrediction:
-        x = self.tensor(view)
+    def _predict_views(self, views: Sequence[View], heatmap: bool) -> tuple[ViewPrediction, ...]:
+        """Every view of a study, in batches of up to VIEW_BATCH views of one size: one forward
+        (and one Grad-CAM backward) per batch instead of per view. The views are independent
+        (the model is in eval mode), so a view scores as it would alone, to float rounding."""
+        predictions: dict[int, ViewPrediction] = {}
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, view in enumerate(views):
+            by_shape.setdefault(tuple(view.pixels.shape), []).append(i)
+        for indices in by_shape.values():
+            for start in range(0, len(indices), VIEW_BATCH):
+                chunk = indices[start : start + VIEW_BATCH]
+                batch = [views[i] for i in chunk]
+                predictions.update(zip(chunk, self._predict_batch(batch, heatmap), strict=True))
+        return tuple(predictions[i] for i in range(len(views)))
+
+    def _predict_batch(self, views: Sequence[View], heatmap: bool) -> list[ViewPrediction]:
+        x = torch.cat([self.tensor(v) for v in views])
         detector = self.ood
-        # The detector's features come from the very pass that scores the view (hooks).
+        # The detector's features come from the very pass that scores the views (hooks).
         capture = FeatureCapture(
             feature_layers(self.model, detector.layer)
             if detector is not None and detector.needs_features
             else []
         )
+        cams: list[np.ndarray | None]
         with capture.recording():
             if heatmap:
-                logit, cam = grad_cam(self.model, x)
+                raw, maps = grad_cam_batch(self.model, x)
+                logits, cams = [float(v) for v in raw], list(maps)
             else:
                 with torch.no_grad():
-                    logit, cam = float(self.model(x)[0]), None
+                    logits = [float(v) for v in self.model(x)]
+                cams = [None] * len(views)
         if detector is None:
-            return ViewPrediction(view, float(logit), _sigmoid(logit / self.info.view_temperature),
-                                  cam)  # fmt: skip
-        features = capture.features(1) if detector.needs_features else None
-        score = float(detector.scores(features, np.array([logit]))[0])
-        if detector.abstains(score):
-            return ViewPrediction(view, math.nan, math.nan, None, score, abstained=True)
-        probability = _sigmoid(logit / self.info.view_temperature)
-        return ViewPrediction(view, float(logit), probability, cam, score)
+            return [ViewPrediction(view, logit, _sigmoid(logit / self.info.view_temperature), cam)
+                    for view, logit, cam in zip(views, logits, cams, strict=True)]  # fmt: skip
+        features = capture.features(len(views)) if detector.needs_features else None
+        scores = detector.scores(features, np.array(logits))
+        result = []
+        for view, logit, cam, score in zip(views, logits, cams, scores, strict=True):
+            if detector.abstains(float(score)):
+                result.append(ViewPrediction(view, math.nan, math.nan, None, float(score),
+                                             abstained=True))  # fmt: skip
+                continue
+            probability = _sigmoid(logit / self.info.view_temperature)
+            result.append(ViewPrediction(view, logit, probability, cam, float(score)))
+        return result
 
     def _study_logit(self, views: list[View], predictions: tuple[ViewPrediction, ...]) -> float:
         if self.info.aggregation == "learned" and self.aggregator is not None:

@@ -98,10 +98,13 @@ def test_far_out_view_abstains_and_the_study_is_analysed_on_the_rest(
     assert all(np.isnan(v.probability) and v.heatmap is None for v in far)
     assert case.bundle.ood is not None
     assert all(v.ood_score is not None and v.ood_score > case.bundle.ood.threshold for v in far)
-    assert [v.probability for v in near] == [v.probability for v in alone.views]
+    # Scored in one batch with the far-out view: the same, to float rounding.
+    assert [v.probability for v in near] == pytest.approx([v.probability for v in alone.views],
+                                                          abs=1e-5)  # fmt: skip
     # The study result is that of the analysable views alone.
     assert mixed.in_scope and not mixed.abstained
-    assert mixed.probability == alone.probability and mixed.level == alone.level
+    assert mixed.probability == pytest.approx(alone.probability, abs=1e-5)
+    assert mixed.level == alone.level
     assert mixed.analysed_views == tuple(near)
     assert NOT_ANALYSABLE in mixed.reason
 

@@ -44,3 +44,14 @@ def test_next_check_matches_the_decision() -> None:
 def test_invalid_waits_are_refused() -> None:
     with pytest.raises(ValueError):
         CompletenessParams(grace_seconds=40.0, quiet_seconds=30.0)
+
+
+def test_analysed_during_grace_a_released_study_is_complete_at_once() -> None:
+    early = CompletenessParams(grace_seconds=2.0, quiet_seconds=30.0, analyse_during_grace=True)
+    released = Study(released_at=100.5)
+    assert is_study_complete(released, 100.5, early)
+    assert next_check_at(released, early) == released.last_received
+    # Without a release nothing changes: the quiet period still rules.
+    assert not is_study_complete(Study(), 129.9, early)
+    assert is_study_complete(Study(), 130.0, early)
+    assert not is_study_complete(Study(released_at=90.0), 110.0, early)

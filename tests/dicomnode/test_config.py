@@ -104,3 +104,19 @@ def test_destination_hosts_that_are_neither(host: str) -> None:
     # An empty host is no host: a DICOMweb destination has none (see test_stow.py).
     with pytest.raises(ValueError, match="lacks the key 'host'"):
         Destination("PACS", "", 104)
+
+
+def test_analysis_workers_default_to_one_per_core_sharing_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dicomnode import config as config_module
+
+    monkeypatch.setattr(config_module, "available_cores", lambda: 16)
+    auto = Config().analysis
+    assert auto.workers == 0 and auto.worker_count == 8 and auto.threads_per_worker == 2
+    two = with_overrides(Config(), analysis={"workers": 2}).analysis
+    assert two.worker_count == 2 and two.threads_per_worker == 8
+    monkeypatch.setattr(config_module, "available_cores", lambda: 2)
+    assert (Config().analysis.worker_count, Config().analysis.threads_per_worker) == (2, 1)
+    many = with_overrides(Config(), analysis={"workers": 4}).analysis
+    assert (many.worker_count, many.threads_per_worker) == (4, 1)

@@ -145,6 +145,8 @@ def test_a_version_1_database_is_migrated_after_a_backup(tmp_path: Path) -> None
     assert queue.received_bytes() == received > 0
     assert queue.failure_reasons() == {"send": 1}
     assert queue.backlog() == {"PACS@127.0.0.1:104": 1}
+    # Version 5 seeds the purge totals from the purges recorded before it.
+    assert queue.purge_totals() == {"studies": 1, "instances": 2, "results": 2, "bytes": 5000}
     after.close()
     queue.close()
 

@@ -8,7 +8,7 @@ import pytest
 
 from dicomnode.completeness import CompletenessParams
 from dicomnode.retry import RetryPolicy
-from dicomnode.work_queue import MAX_CRASHES, WorkQueue
+from dicomnode.work_queue import MAX_CRASHES, WITHDRAWN_REASON, WorkQueue
 
 PARAMS = CompletenessParams(grace_seconds=2.0, quiet_seconds=30.0)
 POLICY = RetryPolicy(initial_delay_s=30.0, max_delay_s=3600.0, give_up_after_s=86400.0,
@@ -93,6 +93,48 @@ def test_a_finished_analysis_and_a_reopened_study_forget_earlier_crashes(
     queue.set_state(study.study_uid, "complete")
     assert queue.claim(now=2001.0, worker=7) is not None
     assert queue.release_crashed(7, "killed") == [(study.study_uid, "complete")]
+
+
+def test_results_held_for_the_grace_period_are_withdrawn_when_an_instance_arrives(
+    queue: WorkQueue, tmp_path: Path
+) -> None:
+    queue.promote_complete(1000.0, PARAMS)
+    queue.set_state("1.2", "done")  # one study in play
+    study = queue.claim(now=1000.0)
+    assert study is not None and study.study_uid == "1.1"
+    results = [tmp_path / "sr.dcm", tmp_path / "sc.dcm"]
+    queue.schedule("1.1", ["PACS@127.0.0.1:104", "ARCHIVE@127.0.0.1:105"], results,
+                   now=1001.0, hold_until=1002.0)  # fmt: skip
+    assert queue.due(1001.5) == [] and len(queue.due(1002.0)) == 2
+    assert queue.withdraw_stale(1001.5) == []  # nothing arrived: nothing withdrawn
+    queue.record_instance(sop_uid="1.1.2", study_uid="1.1", series_uid="1.1.9",
+                          sop_class_uid="1.2.840.10008.5.1.4.1.1.1", path=tmp_path / "y.dcm",
+                          calling_aet="MODALITY", association_id="late", received_at=1001.6,
+                          ours=False)  # fmt: skip
+    assert queue.withdraw_stale(1001.7) == [("1.1", tuple(sorted(results)))]
+    row = queue.study("1.1")
+    assert row and row.state == "receiving" and not row.needs_revision
+    assert row.reason == WITHDRAWN_REASON and row.n_instances == 2
+    assert queue.due(5000.0) == []  # nothing of the withdrawn analysis will go out
+
+
+def test_results_already_being_sent_are_not_withdrawn_the_study_is_revised_after(
+    queue: WorkQueue, tmp_path: Path
+) -> None:
+    queue.promote_complete(1000.0, PARAMS)
+    queue.set_state("1.2", "done")
+    assert queue.claim(now=1000.0) is not None
+    queue.schedule("1.1", ["PACS@127.0.0.1:104"], [tmp_path / "sr.dcm"], now=1001.0)
+    delivery = queue.claim_due(1001.0, timeout_s=30.0)  # a worker is sending it right now
+    assert delivery is not None
+    queue.record_instance(sop_uid="1.1.2", study_uid="1.1", series_uid="1.1.9",
+                          sop_class_uid="1.2.840.10008.5.1.4.1.1.1", path=tmp_path / "y.dcm",
+                          calling_aet="MODALITY", association_id="late", received_at=1001.5,
+                          ours=False)  # fmt: skip
+    assert queue.withdraw_stale(1001.6) == []
+    queue.record_attempt(delivery, sent=True, reason="", now=1002.0, policy=POLICY)
+    row = queue.study("1.1")
+    assert row and row.state == "receiving" and row.reason == "instance received during analysis"
 
 
 def _analysed(queue: WorkQueue) -> str:

@@ -46,7 +46,7 @@ def test_restarts_back_off_then_stop_and_a_stable_run_ends_the_failures() -> Non
 
 
 def test_a_killed_worker_is_restarted_at_once(tmp_path: Path) -> None:
-    config = with_overrides(Config(), storage={"path": tmp_path})
+    config = with_overrides(Config(), storage={"path": tmp_path}, analysis={"workers": 1})
     pool = WorkerPool(config)
     pool.start()
     try:
@@ -70,7 +70,7 @@ def test_a_killed_worker_is_restarted_at_once(tmp_path: Path) -> None:
 
 
 def test_the_study_a_killed_worker_was_analysing_is_queued_again_at_once(tmp_path: Path) -> None:
-    config = with_overrides(Config(), storage={"path": tmp_path})
+    config = with_overrides(Config(), storage={"path": tmp_path}, analysis={"workers": 1})
     queue = WorkQueue(database(config))
     pool = WorkerPool(config)
     pool.start()
@@ -117,7 +117,7 @@ def test_a_model_that_fails_makes_healthz_unhealthy_then_analysis_stops(
     tmp_path: Path, broken_bundle: Path
 ) -> None:
     config = with_overrides(Config(), storage={"path": tmp_path / "node"},
-                            model={"bundle": broken_bundle})  # fmt: skip
+                            model={"bundle": broken_bundle}, analysis={"workers": 1})  # fmt: skip
     queue = WorkQueue(database(config))
     _queued_study(queue, tmp_path)
     pool = WorkerPool(config, RestartPolicy(max_failures=2), on_change=queue.record_analysis_health)

@@ -7,6 +7,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -112,6 +113,26 @@ def test_wrist_study_prediction(bundle: ModelBundle, synthetic_archive: Path) ->
                       else "negative")  # fmt: skip
     assert prediction.level == expected_level
     assert f"{len(prediction.views)} view(s) analysed" in prediction.reason
+
+
+def test_views_scored_in_one_batch_score_as_each_alone(
+    bundle: ModelBundle, synthetic_archive: Path
+) -> None:
+    """A study's views go through the model in one batch; each gets the logit, heat map and
+    out-of-distribution score it gets alone (eval mode: the samples are independent)."""
+    rows = _wrist_study(synthetic_archive)
+    radiographs = [read_radiograph(synthetic_archive / r["path"]) for r in rows]
+    together = bundle.predict(radiographs)
+    assert len(together.views) >= 2
+    alone = [v for r in radiographs for v in bundle.predict([r]).views]
+    assert [v.view.sop_instance_uid for v in alone] == [
+        v.view.sop_instance_uid for v in together.views
+    ]
+    for batched, single in zip(together.views, alone, strict=True):
+        assert batched.logit == pytest.approx(single.logit, abs=1e-4)
+        assert batched.ood_score == pytest.approx(single.ood_score, rel=1e-4)
+        assert batched.heatmap is not None and single.heatmap is not None
+        assert np.abs(batched.heatmap - single.heatmap).max() < 1e-3
 
 
 def test_a_mirrored_view_gives_the_same_logit(bundle: ModelBundle, synthetic_archive: Path) -> None:

@@ -245,6 +245,67 @@ def test_a_purge_interrupted_after_removing_files_is_completed_next_run(node: No
     assert [(e["instances"], e["results"], e["bytes"]) for e in node.purge_events()] == [(0, 0, 0)]
 
 
+def _table_rows(node: Node) -> dict[str, int]:
+    db = sqlite3.connect(node.root / "index.sqlite")
+    try:
+        return {table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("studies", "deliveries", "association_studies", "associations",
+                              "purged")}  # fmt: skip
+    finally:
+        db.close()
+
+
+def test_the_index_forgets_studies_purged_long_ago_and_keeps_the_totals(node: Node) -> None:
+    node.queue.association_opened("assoc-1", "MODALITY", "127.0.0.1", NOW - 3 * AGE)
+    node.study("1.9.1", "done", at=NOW - 2 * AGE)  # purged at NOW, then forgotten
+    node.queue.schedule("1.9.1", [], [], now=NOW - 2 * AGE)  # no-op on a done study
+    node.study("1.9.2", "done", at=NOW - 2 * AGE)  # purged, then sent again: remembered
+    node.study("1.9.3", "sending", at=NOW - 2 * AGE)  # never purged: remembered
+    node.queue.association_closed("assoc-1", NOW - 2 * AGE, released=True)
+    assert sorted(node.purge()) == ["1.9.1", "1.9.2"]
+    totals = node.queue.purge_totals()
+    node.receive("1.9.2", n=1, at=NOW + DAY)
+
+    assert node.queue.forget_purged(NOW - 1) == 0  # purged too recently
+    assert node.queue.forget_purged(NOW + 1) == 1
+    assert node.queue.study("1.9.1") is None
+    assert node.queue.study("1.9.2").state == "receiving"  # type: ignore[union-attr]
+    assert node.queue.study("1.9.3").state == "sending"  # type: ignore[union-attr]
+    assert node.queue.purge_totals() == totals
+    # The association still names studies the index holds, so it stays too.
+    assert _table_rows(node) == {"studies": 2, "deliveries": 0, "association_studies": 2,
+                                 "associations": 1, "purged": 1}  # fmt: skip
+    assert node.queue.counts()["done"] == 0 and node.queue.counts()["receiving"] == 1
+    assert node.queue.forget_purged(NOW + 1) == 0  # nothing twice
+
+
+def test_the_size_of_the_index_stays_bounded_when_studies_keep_coming(node: Node) -> None:
+    """A year of a study an hour through receive, delivery, purge and forgetting: the row counts
+    stop growing once the first studies are forgotten (30 days purge + 10 days forget)."""
+    forget = 10 * DAY
+    sizes = []
+    for hour in range(24 * 120):
+        now = NOW + hour * 3600.0
+        uid = f"1.10.{hour}"
+        node.queue.association_opened(f"a{hour}", "MODALITY", "127.0.0.1", now)
+        node.queue.record_instance(sop_uid=f"{uid}.1", study_uid=uid, series_uid=f"{uid}.0",
+                                   sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+                                   path=node.root / "x.dcm", calling_aet="MODALITY",
+                                   association_id=f"a{hour}", received_at=now,
+                                   ours=False)  # fmt: skip
+        node.queue.association_closed(f"a{hour}", now + 1, released=True)
+        node.queue.set_state(uid, "done", at=now + 2)
+        if hour % 24 == 0:
+            purge_delivered(node.queue, node.root, older_than_s=AGE, now=now)
+            node.queue.forget_purged(now - forget)
+            sizes.append(sum(_table_rows(node).values()))
+    rows_per_study = 4  # its row, its purge, its association and the link between them
+    settled = sizes[len(sizes) // 2 :]
+    assert max(settled) - min(settled) <= 24 * rows_per_study, settled  # flat, give or take a day
+    assert max(settled) <= 24 * (30 + 10 + 1) * rows_per_study  # what retention keeps
+    assert sizes[-1] < sizes[0] + 24 * 120 * rows_per_study / 2  # far below a year's worth
+
+
 def test_a_zero_or_negative_age_is_refused(node: Node) -> None:
     with pytest.raises(ValueError, match="positive"):
         purge_delivered(node.queue, node.root, older_than_s=0, now=NOW)
