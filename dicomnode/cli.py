@@ -191,6 +191,9 @@ def _serve(config: Config, args: argparse.Namespace) -> int:
     from dicomnode.worker import WorkerPool, database
 
     configure_logging(config.logging)
+    from dicomnode.malloc import bound_arenas
+
+    bound_arenas()  # before any receiving thread or spawned process exists
     log.info("model %s %s loads and passes its self-test; %.0f MB free for storage",
              startup.model.name, startup.model.version, startup.free_mb)  # fmt: skip
     os.umask(0o077)  # spool, index, results and audit trail: the service user's only

@@ -200,7 +200,7 @@ class ModelBundle:
             timings["preprocess"] = preprocessed - started
         views = [v for instance in instances for v in instance.views]
         if not views:
-            reasons = "; ".join(sorted({i.wrist.reason for i in instances})) or "no images"
+            reasons = "; ".join(sorted({i.refusal for i in instances})) or "no images"
             return StudyPrediction(0.0, "negative", (), instances, False,
                                    f"no wrist view to analyse: {reasons}")  # fmt: skip
         predictions = self._predict_views(views, heatmaps)

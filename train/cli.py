@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     preview.add_argument("--key-file", type=Path, help="the pseudonym key used by prepare")
     preview.add_argument("--count", type=int, default=12)
     preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument(
+        "--refused",
+        type=int,
+        default=0,
+        help="also draw this many refused instances with their reason (0)",
+    )
     preview.set_defaults(run=_preview)
 
     add_fetch_command(commands)
@@ -248,8 +254,9 @@ def _preview(args: argparse.Namespace) -> int:
 
     key = load_or_create_key(args.key_file or default_key_file())
     drawn = write_preview(
-        args.dataset, archive, args.out, key=key, count=args.count, seed=args.seed
-    )
+        args.dataset, archive, args.out, key=key, count=args.count, seed=args.seed,
+        refused=args.refused,
+    )  # fmt: skip
     print(f"preview of {drawn} views: {args.out}")
     return 0
 

@@ -61,6 +61,10 @@ class InversionDecision:
     thesis_corner_mean: float
     thesis_would_invert: bool
     collimation: Collimation
+    border_bright_fraction: float | None = None
+    """Share of the inner border ring in the bright Otsu class (the background-border cue)."""
+    tail_lengths: tuple[float, float] | None = None
+    """(dark, bright) tail: median minus low percentile, high percentile minus median."""
 
 
 def thesis_corner_mean(pixels: np.ndarray, corner_fraction: float = 0.1) -> float:
@@ -131,6 +135,8 @@ def correct_inversion(
         thesis_corner_mean=corner,
         thesis_would_invert=thesis,
         collimation=collimation,
+        border_bright_fraction=bright_ring,
+        tail_lengths=(mid - lo, hi - mid),
     )
     if not inverted:
         return pixels, decision

@@ -17,6 +17,15 @@ import numpy as np
 
 from pipeline.dicomio import Radiograph
 from pipeline.preprocess.analysis import AnalysisParams, reduce
+from pipeline.preprocess.evidence import (
+    Cue,
+    collimation_cue,
+    inversion_cues,
+    orientation_cue,
+    parts_cue,
+    reader_cue,
+    scope_cues,
+)
 from pipeline.preprocess.geometry import OutputGeometry, fit_part, render
 from pipeline.preprocess.inversion import InversionDecision, InversionParams, correct_inversion
 from pipeline.preprocess.part_splitter import Box, SplitterParams, split_parts
@@ -91,6 +100,19 @@ class PreprocessedInstance:
     views: tuple[View, ...]
     evidence: tuple[str, ...] = ()
     """The learned view reader's opinions and how each was reconciled with the heuristics."""
+    cues: tuple[Cue, ...] = ()
+    """Which cues decided each step, with their values (`pipeline.preprocess.evidence`)."""
+
+    @property
+    def refusal(self) -> str:
+        """Why the instance gave no view, naming the deciding cue; '' when it gave views. A
+        wrist in which no part was found says so, not why it was taken for a wrist."""
+        if not self.wrist.is_wrist:
+            return self.wrist.reason
+        if self.views:
+            return ""
+        parts = next((c.cue for c in self.cues if c.step == "parts"), "")
+        return f"no anatomic part found in the image ({parts})" if parts else "no view"
 
 
 def preprocess_radiograph(
@@ -123,20 +145,27 @@ def preprocess_radiograph(
         )
     shape = (int(radiograph.pixels.shape[0]), int(radiograph.pixels.shape[1]))
     uid = radiograph.sop_instance_uid
+    scope = _scope_cues(wrist, params, reader=reading is not None)
     if not wrist.is_wrist:
-        return PreprocessedInstance(uid, shape, wrist, None, (), tuple(evidence))
+        return PreprocessedInstance(uid, shape, wrist, None, (), tuple(evidence), scope)
     with clock("inversion"):
         pixels, inversion = correct_inversion(radiograph.pixels, params.inversion)
+    inverted = inversion_cues(inversion, radiograph.photometric_interpretation, params.inversion)
+    cues = [*scope, *inverted, collimation_cue(inversion.collimation)]
     if reading is not None:
         agreed = reconcile_inversion(inversion.inverted, reading, params.view_reader)
         evidence.append(f"{agreed.rule}: {agreed.evidence}")
+        cues.append(reader_cue("inversion", agreed.rule, agreed.evidence))
         if agreed.value is None:
             refused = replace(wrist, is_wrist=False, rule="image:inversion-disagree",
                               reason=f"not analysable: {agreed.evidence}")  # fmt: skip
-            return PreprocessedInstance(uid, shape, refused, inversion, (), tuple(evidence))
+            cues[: len(scope)] = _scope_cues(refused, params, reader=True)
+            return PreprocessedInstance(uid, shape, refused, inversion, (), tuple(evidence),
+                                        tuple(cues))  # fmt: skip
     with clock("part_splitter"):
         reduced = reduce(pixels, params.analysis)
         split = split_parts(reduced, inversion.collimation.inner, shape, params.splitter)
+    cues.append(parts_cue(split, params.splitter))
     level = inversion.background_level
     background = 1.0 - level if inversion.inverted else level  # after the correction
     views = []
@@ -148,6 +177,8 @@ def preprocess_radiograph(
             turned = reconcile_rotation(rotation_deg, reading, params.view_reader)
             rotation_deg = float(turned.value)  # type: ignore[arg-type]
             evidence.append(f"{turned.rule}: {turned.evidence}")
+            cues.append(reader_cue("orientation", turned.rule, turned.evidence, part.index))
+        cues.append(orientation_cue(alignment, rotation_deg, part.index))
         with clock("geometry"):
             transform = fit_part(part.mask, reduced, rotation_deg, params.output)
             several = len(split.parts) > 1
@@ -173,7 +204,17 @@ def preprocess_radiograph(
                 inverted=inversion.inverted,
             )
         )
-    return PreprocessedInstance(uid, shape, wrist, inversion, tuple(views), tuple(evidence))
+    return PreprocessedInstance(uid, shape, wrist, inversion, tuple(views), tuple(evidence),
+                                tuple(cues))  # fmt: skip
+
+
+def _scope_cues(wrist: WristDecision, params: PreprocessParams, *, reader: bool) -> tuple[Cue, ...]:
+    """The wrist filter's cues, with the image thresholds it used (the reader's, when read)."""
+    reading = params.view_reader
+    veto = reading.refuse_below if reader else params.wrist.veto_score
+    accept = reading.accept_above if reader else params.wrist.accept_score
+    return scope_cues(wrist, min_match=params.wrist.vocabulary.min_score, veto=veto,
+                      accept=accept, reader=reader)  # fmt: skip
 
 
 def preprocess_study(

@@ -155,10 +155,12 @@ def decide_wrist(
         why = "no image was given" if image is None else "the image check is disabled"
         seen = f"; image check skipped: {why}"
     else:
-        seen = f"; extremity score of the image {evidence.score:.2f}"
+        seen = f"; image check: extremity score {evidence.score:.2f}"
+    looks = "an extremity"
     if reader_wrist is not None:
-        img = reader_wrist
-        seen = f"; view reader: wrist probability {reader_wrist:.2f}" + seen.replace(";", ",", 1)
+        img, looks = reader_wrist, "a wrist"
+        also = "" if evidence is None else f" (extremity score {evidence.score:.2f})"
+        seen = f"; image check, view reader: wrist probability {reader_wrist:.2f}{also}"
         params = replace(params, veto_score=reader_thresholds[0],
                          accept_score=reader_thresholds[1])  # fmt: skip
 
@@ -169,8 +171,9 @@ def decide_wrist(
         if img is None:
             return WristDecision(False, f"{kind}:no-image", f"{text.capitalize()}{seen}", *_none())
         ok = img >= params.accept_score
-        verdict = "looks like an extremity" if ok else "does not look like an extremity"
-        reason = f"{text.capitalize()}; the image {verdict} (score {img:.2f})"
+        compared = "at least" if ok else "below"
+        verdict = f"looks like {looks}" if ok else f"does not look like {looks}"
+        reason = f"{text.capitalize()}{seen}, {compared} {params.accept_score:.2f}: {verdict}"
         return WristDecision(ok, f"{kind}:image", reason, None, None, img)
 
     source = "tag" if match.field == "Body Part Examined" else "description"
@@ -187,7 +190,6 @@ def decide_wrist(
     if match.category == "wrist":
         if img is not None and img < params.veto_score:
             rule, ok = f"{source}:wrist+image-veto", False
-            looks = "a wrist" if reader_wrist is not None else "an extremity"
             seen += f", below the veto threshold {params.veto_score:.2f}: not {looks}"
         else:
             rule, ok = f"{source}:wrist", True
@@ -197,10 +199,10 @@ def decide_wrist(
         seen += ", so the ambiguous arm tag cannot be confirmed"
     elif img >= params.accept_score:
         rule, ok = f"{source}:arm+image", True
-        seen += f", at least {params.accept_score:.2f}: an extremity"
+        seen += f", at least {params.accept_score:.2f}: {looks}"
     else:
         rule, ok = f"{source}:arm+image-reject", False
-        seen += f", below {params.accept_score:.2f}: not an extremity"
+        seen += f", below {params.accept_score:.2f}: not {looks}"
     return WristDecision(ok, rule, said + seen, match.term, match.score, img)
 
 

@@ -6,7 +6,8 @@ in shard K, so N machines can share an archive). Layout of the output:
 
 - ``views/<StudyInstanceUID>/<SOPInstanceUID>_<part>.png``: 8-bit model-input views
 - ``studies/<StudyInstanceUID>.csv``: one row per view of the study (thesis Figure 4.3)
-- ``metadata.csv``: all views; ``rejected.csv``: every dropped instance or study and why
+- ``metadata.csv``: all views; ``rejected.csv``: every dropped instance or study and why; both
+  carry ``cues``, a compact line of the cues behind each preprocessing decision
 - no file paths: archive paths often hold patient IDs or names, so files are referred to by a
   keyed digest of their path (``source_ref``), which `preview` resolves against the archive
 - ``stats.json`` and ``sizes.png``: normalisation statistics, counts, source size histogram
@@ -29,6 +30,7 @@ import pydicom
 
 from pipeline.dicomio import CorruptImage, DicomImageError, read_radiograph
 from pipeline.files import atomic_write_text
+from pipeline.preprocess.evidence import for_view, summary
 from pipeline.preprocess.params_io import params_to_dict
 from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
 from train.dataset.records import view_record, write_png
@@ -47,9 +49,9 @@ METADATA_COLUMNS = (
     "body_part_examined", "view_position", "laterality", "image_laterality", "manufacturer",
     "photometric_interpretation", "rows", "columns", "pixel_spacing", "bits_stored",
     "transfer_syntax_uid", "wrist_rule", "inverted", "inversion_rule", "rotation_deg",
-    "fingers_flipped", "bbox", "to_source", "pixel_mean", "pixel_sq_mean",
+    "fingers_flipped", "bbox", "to_source", "pixel_mean", "pixel_sq_mean", "cues",
 )  # fmt: skip
-REJECTED_COLUMNS = ("study_instance_uid", "sop_instance_uid", "source_ref", "reason")
+REJECTED_COLUMNS = ("study_instance_uid", "sop_instance_uid", "source_ref", "reason", "cues")
 
 
 @dataclass(frozen=True)
@@ -249,17 +251,14 @@ def _prepare_study(item: tuple[Path, Path, StudyJob, PreprocessParams, bytes]) -
             continue
         instance = preprocess_radiograph(radiograph, params)
         uid = radiograph.sop_instance_uid
+        cues = {"cues": summary(instance.cues)}
         if not instance.wrist.is_wrist:
-            rejected.append(
-                _rejection(
-                    job.study_instance_uid, uid, ref, f"not a wrist: {instance.wrist.reason}"
-                )
-            )
+            reason = f"not a wrist: {instance.wrist.reason}"
+            rejected.append({**_rejection(job.study_instance_uid, uid, ref, reason), **cues})
             continue
         if not instance.views:
-            rejected.append(
-                _rejection(job.study_instance_uid, uid, ref, "no anatomic part found in the image")
-            )
+            reason = "no anatomic part found in the image"
+            rejected.append({**_rejection(job.study_instance_uid, uid, ref, reason), **cues})
             continue
         for view in instance.views:
             relative = f"views/{job.study_instance_uid}/{uid}_{view.part}.png"
@@ -291,6 +290,7 @@ def _prepare_study(item: tuple[Path, Path, StudyJob, PreprocessParams, bytes]) -
                 "to_source": json.dumps(record["to_source"]),
                 "pixel_mean": f"{float(view.pixels.mean()):.6f}",
                 "pixel_sq_mean": f"{float(np.square(view.pixels, dtype=np.float64).mean()):.6f}",
+                "cues": summary(for_view(instance.cues, view.part)),
             })  # fmt: skip
     if not rows:
         rejected.append(_rejection(job.study_instance_uid, "", "", "no usable view in the study"))

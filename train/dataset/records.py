@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.files import atomic_writer
+from pipeline.preprocess.evidence import for_view
 from pipeline.preprocess.study import PreprocessedInstance, View
 
 
@@ -52,6 +53,7 @@ def view_record(
         "height": int(view.pixels.shape[0]),
         "out": out,
         "to_source": [[round(v, 6) for v in row] for row in view.transform.as_list()],
+        "cues": [cue.as_dict() for cue in for_view(instance.cues, view.part)],
     }
 
 
@@ -63,4 +65,5 @@ def rejection_record(source: str, instance: PreprocessedInstance) -> dict[str, A
         "is_wrist": False,
         "wrist_reason": instance.wrist.reason,
         "wrist_rule": instance.wrist.rule,
+        "cues": [cue.as_dict() for cue in instance.cues],
     }
