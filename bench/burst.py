@@ -74,9 +74,10 @@ def burst(
     tmp: Path, studies: list[list[Path]], associations: int, workers: int
 ) -> dict[str, float]:
     """One burst against a fresh node with `workers` analysis workers (0: one per core)."""
+    tmp.mkdir(parents=True)
     with OrthancServer(tmp / "orthanc") as orthanc:
         destination = {"ae_title": orthanc.aet, "host": "127.0.0.1", "port": orthanc.dicom_port}
-        node = NodeProcess(tmp / "node", destinations=[destination],
+        node = NodeProcess(tmp, destinations=[destination],
                            completeness={"grace_seconds": GRACE_S, "quiet_seconds": 30.0},
                            analysis={"workers": workers}).start()  # fmt: skip
         try:
