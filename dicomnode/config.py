@@ -347,7 +347,7 @@ class AnalysisSection(_Validated):
 
 
 MAX_AUTO_WORKERS = 8
-"""Beyond this many, workers cost memory (~0.3-0.8 GB each) for little: set `workers` explicitly."""
+"""Beyond this many, workers cost memory (up to ~2 GB each) for little: set `workers` explicitly."""
 
 
 def available_cores() -> int:

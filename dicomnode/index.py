@@ -96,9 +96,8 @@ class Index:
             raise
 
     def close(self) -> None:
-        """Close the connection (and the study lock files)."""
+        """Close the connection."""
         self._db.close()
-        self._lock_files.close()
 
     def record_instance(
         self,
@@ -368,38 +367,29 @@ class Index:
 
 
 class _LockFiles:
-    """One open file per lock stripe, opened on first use (flock locks belong to the open
-    file, so every thread of the process shares it behind the stripe's thread lock)."""
+    """The lock file of each stripe, opened for each hold and closed after it (flock locks
+    belong to the open file, and the thread lock of the stripe orders the threads of this
+    process): a process keeps no descriptor open between stores, however many stripes it
+    touched."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._fds: dict[int, int] = {}
-        self._guard = threading.Lock()
 
-    def fd(self, stripe: int) -> int:
-        with self._guard:
-            if stripe not in self._fds:
-                self.folder.mkdir(mode=0o700, exist_ok=True)
-                flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
-                self._fds[stripe] = os.open(self.folder / f"study-{stripe:03d}.lock", flags, 0o600)
-            return self._fds[stripe]
-
-    def close(self) -> None:
-        with self._guard:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
+    def open(self, stripe: int) -> int:
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+        return os.open(self.folder / f"study-{stripe:03d}.lock", flags, 0o600)
 
 
 @contextlib.contextmanager
 def _held(lock: threading.Lock, files: _LockFiles, stripe: int) -> Iterator[None]:
     with lock:
-        fd = files.fd(stripe)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = files.open(stripe)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)  # releases the flock
 
 
 def _check_state(*states: str) -> None:
