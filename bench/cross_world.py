@@ -3,7 +3,7 @@
     .venv/bin/python bench/cross_world.py --bundle demo=config/models/wrist-demo[:phantom] \\
         [--bundle NAME=PATH[:TRAINWORLD] ...] --world phantom --world projection --world mixed \\
         --studies 200 --seed 7001 --work var/cross-world [--workers 2] [--json OUT] \\
-        [--syntaxes native] [--abstention [--node-path-only]]
+        [--syntaxes native] [--abstention [--node-path-only]] [--view-reader DIR] [--checks-only]
 
 For each test world (a renderer of `generate_archive`): a synthetic archive of `--studies`
 studies (explicit VR little endian unless `--syntaxes native`), prepared by the project's own
@@ -25,7 +25,9 @@ image of the archive preprocessed, scored and judged by the detector, then study
 sensitivity/specificity at the recorded thresholds over all studies (detector off) and over the
 analysed studies only, the abstention rates (studies, fractured studies, views), and the weak
 groups of issue 18 (scaphoid fractures; intact wrists with an implant, a cast or neither).
-`--node-path-only` skips prepare, the checks and the dataset evaluation. Issue 18's run, 250
+`--node-path-only` skips prepare, the checks and the dataset evaluation; `--checks-only` keeps
+only the preprocessing checks (with `--view-reader DIR`, also with the reader beside the
+heuristics). Issue 18's run, 250
 studies per world (seed 2002, `--syntaxes native`: the held-out recipe of `make demo-model`),
 took 7 minutes that way with the archives made (generating them adds under a minute), and 14
 minutes for the dataset path alone.
@@ -195,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         folder = args.work / world_folder(world, args)
         archive = make_archive(folder, world, args)
         checks = {}
-        for key, params in {} if args.node_path_only else param_sets.items():
+        for key, params in {} if args.node_path_only or args.checks_only else param_sets.items():
             datasets[world, key] = make_dataset(folder, archive, params, args.work, args.workers,
                                                 world)  # fmt: skip
         for key, params in {} if args.node_path_only else check_sets.items():
@@ -203,7 +205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         worlds[world] = {"archive": str(archive), "checks": checks,
                          "seconds": time.perf_counter() - started}  # fmt: skip
     results: dict[str, dict[str, Any]] = {b.name: {} for b in bundles}
-    pairs = [] if args.node_path_only else [(b, w) for b in bundles for w in args.world]
+    skip_models = args.node_path_only or args.checks_only
+    pairs = [] if skip_models else [(b, w) for b in bundles for w in args.world]
     for bundle, world in tqdm(pairs, unit="evaluation", desc="evaluate bundles"):
         dataset = datasets[world, params_key(bundle.params)]
         report = evaluate(bundle.path, dataset, split="all", n_boot=args.bootstrap)
@@ -250,6 +253,11 @@ def print_dataset_tables(result: dict[str, Any], bundles: list[Bundle], worlds: 
     print(f"\n{result['studies']} studies per world, seed {result['seed']}; study level at each "
           "bundle's own thresholds (sensitivity/specificity), ECE over 10 bins\n")  # fmt: skip
     print(markdown_cross_world(rows, worlds, "bundle / tested on"))
+    print_checks(result, bundles, worlds)
+
+
+def print_checks(result: dict[str, Any], bundles: list[Bundle], worlds: list[str]) -> None:
+    """The preprocessing checks, a column per world (and per parameter set and reader)."""
     keys = list(result["worlds"][worlds[0]]["checks"])
     columns: dict[str, PreprocessingReport] = {}
     for key in keys:
@@ -270,6 +278,9 @@ def print_tables(result: dict[str, Any], bundles: list[Bundle], worlds: list[str
     rows = {b.label: result["bundles"][b.name]["results"] for b in bundles}
     if any(rows.values()):
         print_dataset_tables(result, bundles, worlds, rows)
+    elif result["worlds"][worlds[0]]["checks"]:  # --checks-only
+        print(f"\n{result['studies']} studies per world, seed {result['seed']}")
+        print_checks(result, bundles, worlds)
     for bundle in bundles:
         entries = result["bundles"][bundle.name].get("abstention")
         if not entries:
@@ -320,11 +331,18 @@ def main() -> int:
         metavar="DIR",
         help="also score the preprocessing with a learned view reader",
     )
+    parser.add_argument(
+        "--checks-only",
+        action="store_true",
+        help="the preprocessing checks alone: no dataset, no model evaluated",
+    )
     args = parser.parse_args()
     if len({b.name for b in args.bundle}) != len(args.bundle):
         parser.error("two --bundle options share a name")
     if args.node_path_only and not args.abstention:
         parser.error("--node-path-only needs --abstention")
+    if args.checks_only and args.abstention:
+        parser.error("--checks-only scores no model: it cannot be used with --abstention")
     args.world = list(dict.fromkeys(args.world))
     started = time.perf_counter()
     result = run(args)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ood import FEATURE_LAYERS, SCORE_KINDS
-from train.ood_fit import DEFAULT_LAYER, DEFAULT_MAX_RATE
+from train.ood_fit import DEFAULT_LAYER, DEFAULT_MAX_RATE, RATE_BOUNDS
 
 
 def add_ood_command(commands: Any) -> None:
@@ -40,6 +40,14 @@ def add_ood_command(commands: Any) -> None:
         default=DEFAULT_MAX_RATE,
         help="in-distribution abstention rate the threshold allows (0.02)",
     )
+    fit.add_argument(
+        "--rate-bound",
+        choices=RATE_BOUNDS,
+        default="upper",
+        help="hold the upper Wilson 95%% bound of the validation share to --max-rate (upper, "
+        "the default: the rate on new in-distribution views stays under it with confidence) "
+        "or the share measured (point)",
+    )
     fit.add_argument("--source", default="", help="how the archives were made, recorded")
     fit.set_defaults(run=_ood_fit)
 
@@ -55,6 +63,7 @@ def _ood_fit(args: argparse.Namespace) -> int:
             kind=args.score,
             layer=args.layer,
             max_rate=args.max_rate,
+            rate_bound=args.rate_bound,
             source=args.source,
         )
     except (ValueError, OSError) as exc:
@@ -66,6 +75,7 @@ def _ood_fit(args: argparse.Namespace) -> int:
     print(f"threshold {detector.threshold:.4g}, fitted on {v['fit_views']} views")
     print(
         f"in-distribution abstention on validation: {v['abstained']}/{v['views']} = "
-        f"{v['rate']:.2%} [Wilson 95% {low:.2%}, {high:.2%}] (target <= {v['target_rate']:.0%})"
+        f"{v['rate']:.2%} [Wilson 95% {low:.2%}, {high:.2%}] (target <= {v['target_rate']:.0%}, "
+        f"{'upper bound' if v.get('rate_bound') == 'upper' else 'share'} held to it)"
     )
     return 0
