@@ -103,6 +103,14 @@ DEMO := config/models/wrist-demo
 DEMO_WORK := var/demo
 # Held-out figures are also reported per fracture kind, subtlety, implant and cast.
 DEMO_SUBGROUPS = $(DEMO_WORK)/heldout/truth.csv --by fracture_kind,fracture_subtle,implant,cast
+# After the ensemble: the out-of-distribution detector (abstention), fitted on the wrists of two
+# phantom archives, its threshold set on four others so that the upper Wilson 95% bound of the
+# in-distribution abstention rate is at most 2% (`dicomnode-train ood-fit`; the model card's
+# "Abstention"), then the drift reference (the held-out archive through the node's own path,
+# abstention included).
+DEMO_VERSION := 2.3.0
+DEMO_OOD_FIT_SEEDS := 3301 3306
+DEMO_OOD_THRESHOLD_SEEDS := 3302 3307 3309 3310
 define demo_archive
 	$(BIN)/dicomnode-train synth --out $(DEMO_WORK)/$(1) --studies $(2) --seed $(3) \
 	  --syntaxes native --workers $(DEMO_WORKERS)
@@ -122,13 +130,28 @@ demo-model: install
 	done
 	rm -rf $(DEMO)
 	$(BIN)/dicomnode-train ensemble $(addprefix $(DEMO_WORK)/member-,$(DEMO_MEMBERS)) \
-	  --out $(DEMO) --name wrist-demo --version 2.2.0 --synthetic --test-time-flip \
+	  --out $(DEMO) --name wrist-demo --version $(DEMO_VERSION) --synthetic --test-time-flip \
 	  --calibration $(DEMO_WORK)/calibration-dataset --calibration-split all \
 	  --external-test $(DEMO_WORK)/heldout-dataset --external-subgroups $(DEMO_SUBGROUPS)
 	$(BIN)/dicomnode-train evaluate $(DEMO) $(DEMO_WORK)/heldout-dataset --split all --json \
 	  --subgroups $(DEMO_SUBGROUPS) > $(DEMO)/heldout_evaluation.json
 	$(BIN)/dicomnode-train evaluate $(DEMO) $(DEMO_WORK)/heldout-dataset --split all \
 	  --subgroups $(DEMO_SUBGROUPS)
+	for seed in $(DEMO_OOD_FIT_SEEDS) $(DEMO_OOD_THRESHOLD_SEEDS); do \
+	  $(BIN)/dicomnode-train synth --renderer phantom --out $(DEMO_WORK)/ood-$$seed \
+	    --studies 250 --seed $$seed --syntaxes native --workers $(DEMO_WORKERS) || exit 1; \
+	done
+	$(BIN)/dicomnode-train ood-fit --bundle $(DEMO) \
+	  --archive $(addprefix $(DEMO_WORK)/ood-,$(DEMO_OOD_FIT_SEEDS)) \
+	  --archive-validation $(addprefix $(DEMO_WORK)/ood-,$(DEMO_OOD_THRESHOLD_SEEDS)) \
+	  --source "phantom archives of 250 studies: fit seeds $(DEMO_OOD_FIT_SEEDS), threshold \
+	seeds $(DEMO_OOD_THRESHOLD_SEEDS) (none used in training); upper Wilson bound held to 2%"
+	$(BIN)/dicomnode-train synth --out $(DEMO_WORK)/drift --studies 600 --seed 2002 \
+	  --syntaxes native --workers $(DEMO_WORKERS)
+	$(BIN)/python -m train.drift_reference $(DEMO) $(DEMO_WORK)/drift --source "synthetic \
+	held-out archive: dicomnode-train synth --studies 600 --seed 2002 --syntaxes native (phantom \
+	world), each study through the node's own path (ModelBundle.predict, abstention included); \
+	studies out of scope excluded"
 
 # The learned view reader (wrist? inverted? where do the fingers point?), trained on images drawn
 # straight from both synthetic worlds. Leave one world out first: a reader trained on one world

@@ -265,7 +265,7 @@ def test_recalibration_writes_a_new_loadable_bundle(accepted: dict[str, Any]) ->
     original = ModelBundle.load(DEMO).info
     new = ModelBundle.load(accepted["bundle"]).info
     assert accepted["untouched"]
-    assert new.version == "2.2.0+site.1"
+    assert new.version == "2.3.0+site.1"
     assert new.study_temperature != original.study_temperature
     assert new.view_temperature != original.view_temperature
     record = new.metrics["recalibration"]
@@ -280,7 +280,7 @@ def test_recalibration_writes_a_new_loadable_bundle(accepted: dict[str, Any]) ->
         new.study_temperature
     )
     card = (accepted["bundle"] / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert card.startswith("# Model card: wrist-demo 2.2.0+site.1")
+    assert card.startswith("# Model card: wrist-demo 2.3.0+site.1")
     assert "## Local recalibration" in card and "(optimistic)" in card
 
 
