@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.models.view_net import body_part_words
 from pipeline.preprocess.collimation import SIDES, Collimation
 from pipeline.preprocess.inversion import InversionDecision, InversionParams
 from pipeline.preprocess.part_splitter import Split, SplitterParams
@@ -106,6 +107,10 @@ def scope_cues(
         above = score >= threshold
         cue = f"image check: {name} {score:.2f} {'at least' if above else 'below'} {threshold:.2f}"
         short = f"img {score:.2f}{'≥' if above else '<'}{threshold:.2f}"
+    if reader and decision.image_body_part is not None:  # what the reader took the image for
+        part, probability = decision.image_body_part
+        cue += f"; looks like: {body_part_words(part)} (p={probability:.2f})"
+        short += f" {body_part_words(part)}"
     cues.append(Cue("scope", verdict, cue, short, score, threshold))
     return tuple(cues)
 

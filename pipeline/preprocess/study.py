@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from pipeline.dicomio import Radiograph
+from pipeline.models.view_net import ViewReading
 from pipeline.preprocess.analysis import AnalysisParams, reduce
 from pipeline.preprocess.evidence import (
     Cue,
@@ -129,10 +130,13 @@ def preprocess_radiograph(
         with clock("view_reader"):
             reader = load_view_reader(params.view_reader.path)
             reading = reader.read(radiograph.pixels)
-        evidence.append(
+        seen = (
             f"view reader {reader.name}: wrist p={reading.wrist_probability:.2f}, inverted "
             f"p={reading.inverted_probability:.2f}, fingers at {reading.finger_angle_deg:.0f} deg"
         )
+        if reading.body_part:
+            seen += f", body part {reading.body_part} p={reading.body_part_probability:.2f}"
+        evidence.append(seen)
     with clock("wrist_filter"):
         wrist = decide_wrist(
             radiograph,
@@ -142,6 +146,7 @@ def preprocess_radiograph(
             params=params.wrist,
             reader_wrist=None if reading is None else reading.wrist_probability,
             reader_thresholds=(params.view_reader.refuse_below, params.view_reader.accept_above),
+            reader_body_part=_body_part(reading),
         )
     shape = (int(radiograph.pixels.shape[0]), int(radiograph.pixels.shape[1]))
     uid = radiograph.sop_instance_uid
@@ -206,6 +211,13 @@ def preprocess_radiograph(
         )
     return PreprocessedInstance(uid, shape, wrist, inversion, tuple(views), tuple(evidence),
                                 tuple(cues))  # fmt: skip
+
+
+def _body_part(reading: ViewReading | None) -> tuple[str, float] | None:
+    """The reader's body part for the wrist filter; None without a reader or its head."""
+    if reading is None or not reading.body_part:
+        return None
+    return reading.body_part, reading.body_part_probability
 
 
 def _scope_cues(wrist: WristDecision, params: PreprocessParams, *, reader: bool) -> tuple[Cue, ...]:

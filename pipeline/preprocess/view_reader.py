@@ -1,7 +1,8 @@
 """The learned view reader as a second opinion beside the heuristics, and how they are reconciled.
 
 `ViewNet` (pipeline.models.view_net), trained on domain-randomised synthetic worlds, reads the
-whole image: wrist or not, inverted or not, where the fingers point. The heuristics stay: each
+whole image: wrist or not, inverted or not, where the fingers point, and (readers trained with
+the body-part head) which body part it shows, the words of a refusal. The heuristics stay: each
 decision below takes both, keeps the heuristic where they agree, and where they disagree takes
 the conservative way (refuse the instance rather than analyse a picture nobody can vouch for,
 or take the reader's orientation only when it is sure) and says so in the evidence.
@@ -12,7 +13,6 @@ and every process (a `prepare` worker, a node worker) loads it once.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.models.view_net import ViewNet, ViewReading, reading_from_outputs, thumbnail
+from pipeline.models.view_net import (
+    ViewNet,
+    ViewReading,
+    load_view_net,
+    reading_from_outputs,
+    thumbnail,
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class ViewReader:
         """The reading of one display-space image."""
         x = torch.from_numpy(thumbnail(pixels))[None, None]
         with torch.inference_mode():
-            return reading_from_outputs(self.net(x))
+            return reading_from_outputs(self.net(x), body_parts=self.net.body_parts)
 
 
 @lru_cache(maxsize=2)
@@ -62,9 +68,7 @@ def load_view_reader(path: str) -> ViewReader:
     weights = folder / "weights.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"view reader: no weights.pt in {folder}")
-    info = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    net = ViewNet(width=int(info.get("width", 16)))
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net, info = load_view_net(folder)
     return ViewReader(net, f"{info.get('name', folder.name)} {info.get('version', '')}".strip())
 
 

@@ -11,17 +11,23 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.view_net import angle_to_direction, direction_to_angle
+from pipeline.models.view_net import (
+    ViewNet,
+    angle_to_direction,
+    direction_to_angle,
+    reading_from_outputs,
+)
+from pipeline.preprocess.view_reader import load_view_reader
 from train.cli import main
 from train.phantoms.shapes import Placement
 from train.projection import render as projection
 from train.projection import spec as projection_spec
 from train.view_reader import data
 from train.view_reader.augment import AugmentSettings, augment_batch, dihedral, hflip, rot90, vflip
-from train.view_reader.card import write_run
-from train.view_reader.evaluate import angle_errors, load_model, predict
-from train.view_reader.fit import FitSettings, fit
-from train.view_reader.sampling import draw_sample
+from train.view_reader.card import body_part_table, write_run
+from train.view_reader.evaluate import angle_errors, figures, load_model, predict
+from train.view_reader.fit import BODY_PART_WEIGHT, FitSettings, fit, losses
+from train.view_reader.sampling import body_parts, draw_sample
 
 GEOMETRY_ONLY = AugmentSettings(gamma=1.0, contrast=0.0, brightness=0.0, noise=0.0, invert=0.0)
 
@@ -156,12 +162,18 @@ def test_a_short_run_lowers_the_loss_and_writes_loadable_weights(tmp_path: Path)
     write_run(tmp_path / "run", settings, result)
     info = json.loads((tmp_path / "run" / "model.json").read_text())
     assert info["training"]["worlds"] == ["phantom"] and info["width"] == 8
+    assert info["body_parts"] == ["chest", "pelvis", "skull", "wrist"]  # sorted, wrist included
+    assert result.model.body_parts == tuple(info["body_parts"])
+    assert result.validation["all"]["body_part"]["classes"] == info["body_parts"]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
     assert "View reader" in (tmp_path / "run" / "MODEL_CARD.md").read_text()
     images = data.load_or_draw("phantom", 0, 48, tmp_path / "cache", progress=False).images[:8]
-    loaded, trained = predict(load_model(tmp_path / "run"), images), predict(result.model, images)
-    for key in ("wrist", "inverted", "direction"):
+    model = load_model(tmp_path / "run")
+    assert model.body_parts == ("chest", "pelvis", "skull", "wrist")
+    loaded, trained = predict(model, images), predict(result.model, images)
+    for key in ("wrist", "inverted", "direction", "body_part"):
         assert np.allclose(loaded[key], trained[key], atol=1e-6)
+    assert loaded["body_part"].shape == (8, 4)
 
 
 def test_cli_fits_evaluates_and_refuses_the_training_seed(tmp_path: Path, capsys) -> None:
@@ -176,3 +188,103 @@ def test_cli_fits_evaluates_and_refuses_the_training_seed(tmp_path: Path, capsys
     figures = json.loads(capsys.readouterr().out)
     assert figures["world"] == "phantom" and figures["images"] == 12
     assert json.loads((run / "model.json").read_text())["tests"]["phantom"]["seed"] == 4
+
+
+def _set(parts: list[str]) -> data.SampleSet:
+    """A sample set of blank thumbnails whose rows are the given body parts."""
+    n = len(parts)
+    return data.SampleSet(
+        images=np.zeros((n, 8, 8), np.uint8),
+        wrist=np.array([p == "wrist" for p in parts]),
+        inverted=np.zeros(n, bool),
+        direction=np.zeros((n, 2), np.float32),
+        has_direction=np.zeros(n, bool),
+        body_part=np.array(parts, dtype="U16"),
+        parts=np.ones(n, np.int16),
+        angle_deg=np.full(n, np.nan, np.float32),
+        world=np.full(n, "projection", dtype="U16"),
+        index=np.arange(n),
+    )
+
+
+def test_a_part_the_reader_never_saw_is_scored_apart_not_as_a_miss() -> None:
+    classes = ("chest", "pelvis", "wrist")
+    samples = _set(["chest", "chest", "foot", "foot", "foot", "wrist"])
+    named = ["chest", "pelvis", "pelvis", "wrist", "chest", "wrist"]
+    logits = np.array([[5.0 if c == name else 0.0 for c in classes] for name in named])
+    outputs = {
+        "wrist": np.array([-2.0, -2.0, -2.0, 2.0, -2.0, 2.0]),
+        "inverted": np.full(6, -2.0),
+        "direction": np.zeros((6, 2)),
+        "body_part": logits,
+    }
+    figs = figures(samples, outputs, classes)
+    body = figs["body_part"]
+    # chest 1 of 2, wrist 1 of 1; the feet have no class and are left out
+    assert body["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    assert body["decoy_accuracy"] == 0.5
+    assert body["unknown_decoys"] == 3
+    assert body["unknown_decoys_named_not_wrist"] == pytest.approx(2 / 3, abs=1e-4)
+    foot = figs["by_body_part"]["foot"]
+    assert foot["trained_on"] is False and foot["named_right"] is None
+    assert foot["named_as"] == {"chest": 1, "pelvis": 1, "wrist": 1}
+    assert foot["accuracy"] == pytest.approx(2 / 3, abs=1e-4)  # the wrist head refused two of three
+    chest = figs["by_body_part"]["chest"]
+    assert chest["named_right"] == 0.5 and chest["named_not_wrist"] == 1.0
+    card = "\n".join(body_part_table("projection -> phantom (test)", figs))
+    assert "| foot | 3 | 0.667 | never trained on | 0.667 |" in card
+    without_head = figures(samples, {k: v for k, v in outputs.items() if k != "body_part"})
+    assert without_head["body_part"] is None
+    assert "named_as" not in without_head["by_body_part"]["foot"]
+
+
+def test_the_body_part_loss_counts_only_with_the_head() -> None:
+    torch.manual_seed(0)
+    outputs = {
+        "wrist": torch.zeros(4),
+        "inverted": torch.zeros(4),
+        "direction": torch.zeros(4, 2),
+        "body_part": torch.randn(4, 3),
+    }
+    labels = (torch.ones(4), torch.zeros(4), torch.zeros(4, 2), torch.zeros(4, dtype=torch.bool))
+    parts = torch.tensor([0, 1, 2, 0])
+    plain = losses({k: v for k, v in outputs.items() if k != "body_part"}, *labels, parts)
+    both = losses(outputs, *labels, parts)
+    expected = torch.nn.functional.cross_entropy(outputs["body_part"], parts)
+    assert "body_part" not in plain and torch.isclose(both["body_part"], expected)
+    assert torch.isclose(both["total"], plain["total"] + BODY_PART_WEIGHT * expected)
+    assert body_parts(("phantom",)) == ("chest", "pelvis", "skull", "wrist")
+    assert "lower_leg" in body_parts(("phantom", "projection"))
+
+
+def test_an_old_reader_without_the_body_part_head_still_loads(tmp_path: Path) -> None:
+    net = ViewNet(width=4)
+    torch.save(net.state_dict(), tmp_path / "weights.pt")
+    old = {"name": "old", "version": "1.0.0", "width": 4}  # before the body-part head
+    (tmp_path / "model.json").write_text(json.dumps(old))
+    model = load_model(tmp_path)
+    assert model.body_parts == () and model.heads.out_features == 4
+    outputs = predict(model, np.zeros((2, 32, 32), np.uint8))
+    assert set(outputs) == {"wrist", "inverted", "direction"}
+    with torch.no_grad():
+        assert reading_from_outputs(model(torch.zeros(1, 1, 32, 32))).body_part == ""
+
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "models" / "view-reader"
+CHESTS = {"phantom": (18, 30, 40, 60), "projection": (16, 35, 37, 106)}
+"""Indices of chest decoys among the samples drawn with seed 7 (a seed no training or test set
+of the shipped reader used); the test checks they are chests before reading them."""
+
+
+@pytest.mark.parametrize("world", ["phantom", "projection"])
+def test_the_shipped_reader_names_a_chest_a_chest(world: str) -> None:
+    info = json.loads((SHIPPED / "model.json").read_text())
+    assert set(info["body_parts"]) >= {"chest", "pelvis", "skull", "foot", "wrist"}
+    load_view_reader.cache_clear()
+    reader = load_view_reader(str(SHIPPED))
+    for index in CHESTS[world]:
+        sample = draw_sample(world, 7, index)
+        assert sample.body_part == "chest"
+        reading = reader.read(sample.image.astype(np.float32) / 255.0)
+        assert reading.body_part == "chest" and reading.body_part_probability > 0.5, reading
+        assert reading.wrist_probability < 0.2, reading

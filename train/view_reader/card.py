@@ -21,7 +21,7 @@ from train.view_reader.fit import FitResult, FitSettings, settings_record
 
 
 def write_run(
-    out: Path, settings: FitSettings, result: FitResult, version: str = "1.0.0"
+    out: Path, settings: FitSettings, result: FitResult, version: str = "1.1.0"
 ) -> dict[str, Any]:
     """Write a trained reader's folder; returns its model.json record."""
     out.mkdir(parents=True, exist_ok=True)
@@ -31,6 +31,7 @@ def write_run(
         "version": version,
         "arch": "ViewNet",
         "width": settings.width,
+        "body_parts": list(result.model.body_parts),
         "input": {
             "source": "pipeline.models.view_net.thumbnail() of the display-space image",
             "shape": [1, THUMBNAIL_SIDE, THUMBNAIL_SIDE],
@@ -126,7 +127,7 @@ def plot_curves(path: Path, history: list[dict[str, float]]) -> None:
     ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="training")
     ax.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (wrist + inverted + direction)")
+    ax.set_ylabel("loss (wrist + inverted + direction + body part)")
     ax.set_yscale("log")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -141,10 +142,12 @@ def _pct(value: float | None) -> str:
 
 def _figures_rows(label: str, figs: dict[str, Any]) -> str:
     d = figs["direction"]
+    body = figs.get("body_part") or {}
     median = "-" if d["median_error_deg"] is None else f"{d['median_error_deg']:.1f}"
     return (
         f"| {label} | {figs['images']} | {_pct(figs['wrist_accuracy'])} | "
         f"{_pct(figs['wrist_sensitivity'])} | {_pct(figs['decoy_specificity'])} | "
+        f"{_pct(body.get('accuracy'))} | {_pct(body.get('decoy_accuracy'))} | "
         f"{_pct(figs['inversion_accuracy'])} | {_pct(d['within_10_deg'])} | "
         f"{_pct(d['within_20_deg'])} | {median} | {_pct(d.get('confident_share'))} | "
         f"{_pct(d.get('confident_within_20_deg'))} |"
@@ -153,15 +156,45 @@ def _figures_rows(label: str, figs: dict[str, Any]) -> str:
 
 _HEADER = (
     "| trained on -> tested on | images | wrist acc. | wrists kept | decoys refused "
-    "| inversion acc. | direction <=10 deg | <=20 deg | median deg | confident "
-    "| confident <=20 deg |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|"
+    "| body part acc. | decoy named right | inversion acc. | direction <=10 deg | <=20 deg "
+    "| median deg | confident | confident <=20 deg |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def _body_parts(figs: dict[str, Any]) -> str:
     parts = figs["by_body_part"]
     return ", ".join(f"{name} {_pct(v['accuracy'])} (n={v['n']})" for name, v in parts.items())
+
+
+def body_part_table(label: str, figs: dict[str, Any]) -> list[str]:
+    """One table row per body part: what the head named it (a small confusion summary)."""
+    body = figs.get("body_part")
+    if not body:
+        return []
+    lines = [
+        f"**{label}**: body part named right {_pct(body['accuracy'])} of the images whose part "
+        f"the reader was trained on; {body['unknown_decoys']} decoy(s) of parts it never saw"
+        + (
+            f", {_pct(body['unknown_decoys_named_not_wrist'])} of them named as a part that is "
+            "not a wrist"
+            if body["unknown_decoys"]
+            else ""
+        )
+        + ".",
+        "",
+        "| body part | n | said not wrist (wrist: kept) | named right | named not wrist "
+        "| named as |",
+        "|---|---|---|---|---|---|",
+    ]
+    for part, row in figs["by_body_part"].items():
+        named = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in row["named_as"].items())
+        right = _pct(row["named_right"]) if row["trained_on"] else "never trained on"
+        lines.append(
+            f"| {part.replace('_', ' ')} | {row['n']} | {_pct(row['accuracy'])} | {right} | "
+            f"{_pct(row['named_not_wrist'])} | {named} |"
+        )
+    return [*lines, ""]
 
 
 def render_card(info: dict[str, Any]) -> str:
@@ -173,7 +206,8 @@ def render_card(info: dict[str, Any]) -> str:
         "",
         "**Synthetic data only; not for clinical use.** A second opinion for the preprocessing: "
         "from a 128x128 thumbnail of the display-space image it answers *is this a wrist*, "
-        "*is it inverted* (bone dark on bright) and *where do the fingers point*. Input: "
+        "*is it inverted* (bone dark on bright), *where do the fingers point* and *which body "
+        "part is this* (the part a refusal names). Input: "
         "`pipeline.models.view_net.thumbnail()` in [0, 1], no normalisation; decisions at "
         "probability 0.5.",
         "",
@@ -188,7 +222,9 @@ def render_card(info: dict[str, Any]) -> str:
         f"degrees, {t['mix']['inverted_share']:.0%} inverted, phantom looks redrawn "
         f"{t['mix']['phantom_appearance_share']:.0%}.",
         f"- {t['epochs']} epochs, Adam lr {t['lr']}, batch {t['batch_size']}, cosine decay; "
-        f"best epoch by validation loss: {t['best_epoch']}. Augmentation: the eight flips and "
+        f"best epoch by validation loss: {t['best_epoch']}. Body-part classes: "
+        f"{', '.join(info.get('body_parts', [])) or 'none (no body-part head)'}. "
+        "Augmentation: the eight flips and "
         "quarter turns (direction label transformed with the image), gamma, contrast, "
         "brightness, noise, inversion (label flipped).",
         f"- Time on 2 CPU threads: drawing (or loading the cached) images "
@@ -237,17 +273,30 @@ def render_card(info: dict[str, Any]) -> str:
                     f"{'+'.join(row['trained_on'])} -> {row['tested_on']} (own world, seed {seed})"
                 )
             lines.append(_figures_rows(label, row["figures"]))
-    lines += ["", "### Wrist-vs-decoy accuracy per body part", ""]
-    for world, figs in info.get("tests", {}).items():
-        lines.append(f"- {trained} -> {world} (test): {_body_parts(figs)}")
-    for world, figs in info.get("held_out_worlds", {}).items():
-        lines.append(f"- {trained} -> {world} (held-out world): {_body_parts(figs)}")
+    lines += [
+        "",
+        "### Per body part: refused, and named as what",
+        "",
+        "*Said not wrist* is the wrist head's verdict (for wrists: kept). *Named right* is the "
+        "body-part head's top class; a part the reader never saw in training (a reader trained "
+        "on the phantom world alone has no class for a foot) cannot be named right, so it is "
+        "marked *never trained on* and scored only by whether the head named a part that is "
+        "not a wrist. *Named as* counts the head's top class: the confusions a refusal's "
+        "wording would carry.",
+        "",
+    ]
+    sections = [(f"{trained} -> {w} (test)", f) for w, f in info.get("tests", {}).items()]
+    sections += [
+        (f"{trained} -> {w} (held-out world)", f)
+        for w, f in info.get("held_out_worlds", {}).items()
+    ]
     for row in loo:
         kind = "held-out world" if row["held_out"] else "own world"
-        lines.append(
-            f"- {'+'.join(row['trained_on'])} -> {row['tested_on']} ({kind}): "
-            f"{_body_parts(row['figures'])}"
-        )
+        label = f"{'+'.join(row['trained_on'])} -> {row['tested_on']} ({kind})"
+        sections.append((label, row["figures"]))
+    for label, figs in sections:
+        named = body_part_table(label, figs)
+        lines += named if named else [f"- {label}: {_body_parts(figs)}"]
     lines += [
         "",
         "## Limits",
@@ -257,6 +306,11 @@ def render_card(info: dict[str, Any]) -> str:
         "- Direction is scored on single-part wrists only; the length of the raw direction "
         "vector is the reader's confidence (trained to approach the expected cosine of its "
         "error), and `confident` rows are those of length >= 0.7.",
+        "- The body-part head only words a refusal (\"image looks like a chest, not a wrist\"); "
+        "the wrist head alone decides. It knows only its training worlds' parts: an image of "
+        "any other part is named as the nearest of those. In the projection world it names "
+        "most limbs poorly (see the table above), so a refusal names a part only when its "
+        "probability reaches 0.7 (`pipeline.preprocess.wrist_filter.NAME_PART_FROM`).",
         "",
         "## Reproduce",
         "",

@@ -29,7 +29,7 @@ def add_view_reader_command(commands: Any) -> None:
     fit.add_argument("--batch-size", type=int, default=64)
     fit.add_argument("--lr", type=float, default=2e-3)
     fit.add_argument("--out", type=Path, required=True, help="folder to write")
-    fit.add_argument("--version", default="1.0.0", help="version recorded in model.json")
+    fit.add_argument("--version", default="1.1.0", help="version recorded in model.json")
     fit.add_argument("--holdout-world", help="also measure on this world (not trained on)")
     fit.add_argument("--holdout-images", type=int, default=1000)
     fit.add_argument("--holdout-seed", type=int, help="seed of the held-out set (seed + 1)")
@@ -150,6 +150,12 @@ def _print_table(figures: dict[str, Any]) -> None:
     print(f"  decoys refused            {figures['decoy_specificity']}")
     for part, row in figures["by_body_part"].items():
         print(f"    {part:<12} {row['accuracy']}  (n={row['n']})")
+    body = figures.get("body_part")
+    if body:
+        print(f"  body part accuracy        {body['accuracy']} (decoys {body['decoy_accuracy']})")
+        for part, row in figures["by_body_part"].items():
+            named = ", ".join(f"{k} {v}" for k, v in row["named_as"].items())
+            print(f"    {part:<12} named as: {named}")
     print(f"  inversion accuracy        {figures['inversion_accuracy']}")
     print(
         f"  direction (n={d['n']}): within 10 deg {d['within_10_deg']}, within 20 deg "

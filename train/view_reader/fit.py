@@ -1,10 +1,13 @@
 """Train the view reader on sample sets drawn from one or more worlds.
 
-Losses: binary cross-entropy for `wrist` and `inverted`; for the direction, on single-part wrists
-only, 1 - cosine similarity plus a small squared distance to the unit target. That distance is
-(|d| - 1)^2 + 2|d|(1 - cos): it pulls a sure reading's length to 1 like a plain length penalty,
-but its best length for an unsure one is the expected cosine of its error (the cosine term does
-not depend on length), so the length the node reads as `direction_confidence` means something.
+Losses: binary cross-entropy for `wrist` and `inverted`; cross-entropy for the body part (the
+classes are the training worlds' body parts, `sampling.body_parts`), weighted by
+`BODY_PART_WEIGHT` so that the three original answers keep most of the gradient; for the
+direction, on single-part wrists only, 1 - cosine similarity plus a small squared distance to
+the unit target. That distance is (|d| - 1)^2 + 2|d|(1 - cos): it pulls a sure reading's length
+to 1 like a plain length penalty, but its best length for an unsure one is the expected cosine of
+its error (the cosine term does not depend on length), so the length the node reads as
+`direction_confidence` means something.
 The validation rows are chosen by index, and the epoch with the lowest validation loss is kept.
 """
 
@@ -25,8 +28,10 @@ from pipeline.models.view_net import ViewNet
 from train.view_reader.augment import AugmentSettings, augment_batch
 from train.view_reader.data import SampleSet, load_or_draw
 from train.view_reader.evaluate import as_batch, figures, predict
+from train.view_reader.sampling import body_parts as world_body_parts
 
 DISTANCE_WEIGHT = 0.25
+BODY_PART_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class FitSettings:
     """Every `val_every`-th index of each world is a validation image."""
     threads: int = 2
     workers: int = 2
+    body_parts: bool = True
+    """Train the body-part head (classes: `sampling.body_parts(worlds)`)."""
     augment: AugmentSettings = field(default_factory=AugmentSettings)
 
 
@@ -66,12 +73,15 @@ def losses(
     inverted: torch.Tensor,
     direction: torch.Tensor,
     has_direction: torch.Tensor,
+    body_part: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The three heads' losses and their sum (`total`)."""
+    """Each head's loss and their sum (`total`); `body_part` holds class indices, and counts
+    only when the net has the body-part head."""
     out = {
         "wrist": F.binary_cross_entropy_with_logits(outputs["wrist"], wrist),
         "inverted": F.binary_cross_entropy_with_logits(outputs["inverted"], inverted),
     }
+    body = body_part is not None and "body_part" in outputs
     raw = outputs["direction"][has_direction]
     if raw.shape[0]:
         target = direction[has_direction]
@@ -81,6 +91,9 @@ def losses(
     else:
         out["direction"] = outputs["direction"].sum() * 0.0
     out["total"] = out["wrist"] + out["inverted"] + out["direction"]
+    if body and body_part is not None:
+        out["body_part"] = F.cross_entropy(outputs["body_part"], body_part)
+        out["total"] = out["total"] + BODY_PART_WEIGHT * out["body_part"]
     return out
 
 
@@ -99,16 +112,28 @@ def _labels(samples: SampleSet, rows: np.ndarray) -> tuple[torch.Tensor, ...]:
     )
 
 
+def body_part_labels(samples: SampleSet, classes: tuple[str, ...]) -> torch.Tensor:
+    """Each row's body part as an index into `classes`; a part outside them is an error (the
+    classes come from the same worlds as the rows)."""
+    index = {part: i for i, part in enumerate(classes)}
+    unknown = sorted(set(samples.body_part.tolist()) - set(index))
+    if unknown:
+        raise ValueError(f"body parts {unknown} are not among the classes {list(classes)}")
+    return torch.tensor([index[part] for part in samples.body_part.tolist()], dtype=torch.long)
+
+
 @torch.no_grad()
 def validation_loss(model: ViewNet, samples: SampleSet) -> float:
     """Mean total loss over a set (no augmentation), weighted by batch size."""
     model.eval()
     total, rows = 0.0, np.arange(len(samples))
+    parts = body_part_labels(samples, model.body_parts) if model.body_parts else None
     for start in range(0, len(samples), 256):
         chunk = rows[start : start + 256]
         wrist, inverted, direction, has = _labels(samples, chunk)
         out = model(as_batch(samples.images[chunk]))
-        total += float(losses(out, wrist, inverted, direction, has)["total"]) * len(chunk)
+        part = None if parts is None else parts[chunk]
+        total += float(losses(out, wrist, inverted, direction, has, part)["total"]) * len(chunk)
     return total / max(len(samples), 1)
 
 
@@ -139,7 +164,10 @@ def fit(settings: FitSettings, cache_dir: Path | None, *, progress: bool = True)
     train_set, val_set = split(samples, settings.val_every)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    model = ViewNet(width=settings.width).to(memory_format=torch.channels_last)
+    classes = world_body_parts(settings.worlds) if settings.body_parts else ()
+    model = ViewNet(width=settings.width, body_parts=classes)
+    model = model.to(memory_format=torch.channels_last)
+    parts = body_part_labels(train_set, classes) if classes else None
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
     steps_per_epoch = -(-len(train_set) // settings.batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -161,7 +189,8 @@ def fit(settings: FitSettings, cache_dir: Path | None, *, progress: bool = True)
                 as_batch(train_set.images[rows]), direction, inverted, settings.augment, generator
             )
             images = images.contiguous(memory_format=torch.channels_last)
-            loss = losses(model(images), wrist, inverted, direction, has)["total"]
+            part = None if parts is None else parts[torch.from_numpy(rows)]
+            loss = losses(model(images), wrist, inverted, direction, has, part)["total"]
             optimiser.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
@@ -177,10 +206,12 @@ def fit(settings: FitSettings, cache_dir: Path | None, *, progress: bool = True)
     bar.close()
     model.load_state_dict(best[2])
     model.eval()
-    validation: dict[str, Any] = {"all": figures(val_set, predict(model, val_set.images))}
+    validation: dict[str, Any] = {
+        "all": figures(val_set, predict(model, val_set.images), classes)
+    }
     for world in settings.worlds:
-        part = val_set.take(val_set.world == world)
-        validation[world] = figures(part, predict(model, part.images))
+        subset = val_set.take(val_set.world == world)
+        validation[world] = figures(subset, predict(model, subset.images), classes)
     validation["loss"] = round(best[0], 4)
     return FitResult(
         model=model,

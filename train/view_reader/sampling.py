@@ -47,6 +47,16 @@ class Sample:
     """The single part's arm angle (NaN otherwise)."""
 
 
+def body_parts(worlds: tuple[str, ...]) -> tuple[str, ...]:
+    """The body-part classes a reader trained on `worlds` learns: the sorted union of their
+    decoy kinds, and "wrist". Taken from the worlds' definitions, not from the drawn images, so
+    the class list does not depend on which decoys a small set happened to draw."""
+    parts = {"wrist"}
+    for world in worlds:
+        parts.update(ARCHIVE_WORLDS[check_world(world)].decoys)
+    return tuple(sorted(parts))
+
+
 def check_world(world: str) -> str:
     """`world` itself, or a ValueError naming the known worlds."""
     if world not in WORLDS:
