@@ -306,7 +306,7 @@ def render_card(info: dict[str, Any]) -> str:
         "- Direction is scored on single-part wrists only; the length of the raw direction "
         "vector is the reader's confidence (trained to approach the expected cosine of its "
         "error), and `confident` rows are those of length >= 0.7.",
-        "- The body-part head only words a refusal (\"image looks like a chest, not a wrist\"); "
+        '- The body-part head only words a refusal ("image looks like a chest, not a wrist"); '
         "the wrist head alone decides. It knows only its training worlds' parts: an image of "
         "any other part is named as the nearest of those. In the projection world it names "
         "most limbs poorly (see the table above), so a refusal names a part only when its "

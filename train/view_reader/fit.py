@@ -206,9 +206,7 @@ def fit(settings: FitSettings, cache_dir: Path | None, *, progress: bool = True)
     bar.close()
     model.load_state_dict(best[2])
     model.eval()
-    validation: dict[str, Any] = {
-        "all": figures(val_set, predict(model, val_set.images), classes)
-    }
+    validation: dict[str, Any] = {"all": figures(val_set, predict(model, val_set.images), classes)}
     for world in settings.worlds:
         subset = val_set.take(val_set.world == world)
         validation[world] = figures(subset, predict(model, subset.images), classes)
