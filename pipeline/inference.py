@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from pipeline.preprocess.study import (
     View,
     preprocess_radiograph,
 )
+from pipeline.preprocess.view_reader import reader_in_bundle
 
 BUNDLE_FORMAT = 1
 LEVELS = ("negative", "possible", "likely")
@@ -182,6 +183,11 @@ class ModelBundle:
         if info.aggregation == "learned" and aggregator is None:
             raise BundleError(f"{folder}: aggregation 'learned' but no aggregator weights")
         bundle = cls(folder, info, model.to(device).eval(), aggregator, torch.device(device))
+        try:
+            reader = reader_in_bundle(folder, bundle.preprocess_params.view_reader)
+        except FileNotFoundError as exc:
+            raise BundleError(f"{folder}: {exc}") from exc
+        bundle.preprocess_params = replace(bundle.preprocess_params, view_reader=reader)
         if info.ood:
             try:
                 bundle.ood = OodDetector.load(folder, info.ood)

@@ -31,6 +31,7 @@ from pipeline.models import (
     without_test_time_flip,
 )
 from pipeline.timestamps import utc_timestamp
+from train.bundle_reader import carry_view_reader
 from train.data.datasets import read_views
 from train.evaluate import LoadedModel, fix_calibration, load_model, split_scores
 from train.evaluation.subgroups import SubgroupSpec
@@ -134,7 +135,7 @@ def export_ensemble(
         view_temperature=fixed.view.temperature,
         study_temperature=fixed.study[fixed.aggregation].temperature,
         thresholds=fixed.levels(),
-        preprocess=first["preprocess"],
+        preprocess=carry_view_reader(first["preprocess"], members[0], out),
         trunk_arch="",
         test_time_flip=test_time_flip,
         created=utc_timestamp(),

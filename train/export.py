@@ -23,6 +23,7 @@ from pipeline.models import with_test_time_flip, without_test_time_flip
 from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
 from pipeline.timestamps import utc_timestamp
+from train.bundle_reader import carry_view_reader
 from train.data.datasets import read_views
 from train.evaluate import (
     FixedCalibration,
@@ -110,7 +111,7 @@ def export(
         view_temperature=fixed.view.temperature,
         study_temperature=fixed.study[fixed.aggregation].temperature,
         thresholds=fixed.levels(),
-        preprocess=_preprocess_params(dataset, augment),
+        preprocess=carry_view_reader(_preprocess_params(dataset, augment), dataset, out),
         trunk_arch=config["arch"],
         test_time_flip=test_time_flip,
         created=utc_timestamp(),

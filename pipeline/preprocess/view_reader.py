@@ -13,7 +13,7 @@ and every process (a `prepare` worker, a node worker) loads it once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -59,6 +59,29 @@ class ViewReader:
         x = torch.from_numpy(thumbnail(pixels))[None, None]
         with torch.inference_mode():
             return reading_from_outputs(self.net(x), body_parts=self.net.body_parts)
+
+
+BUNDLED_READER = "view-reader"
+"""The folder, inside a model bundle, of the view reader its preprocessing uses: a bundle carries
+its reader, so the node finds it wherever the bundle is installed."""
+
+
+def reader_in_bundle(bundle: Path, params: ViewReaderParams) -> ViewReaderParams:
+    """`params` with the reader's path resolved: inside the bundle folder first (a relative
+    path, as `export` writes it), else as given (absolute, or relative to the working
+    directory: bundles made before readers were carried). No reader: `params` unchanged.
+    Raises FileNotFoundError naming the path when neither place holds the reader's weights,
+    so a bundle that could not preprocess a single image is refused when it is loaded."""
+    if not params.path:
+        return params
+    given = Path(params.path)
+    for folder in ([] if given.is_absolute() else [bundle / given]) + [given]:
+        if (folder / "weights.pt").is_file() and (folder / "model.json").is_file():
+            return replace(params, path=str(folder))
+    raise FileNotFoundError(
+        f"its preprocessing names a view reader, {params.path!r}, that is neither in the "
+        "bundle nor at that path (weights.pt and model.json)"
+    )
 
 
 @lru_cache(maxsize=2)
