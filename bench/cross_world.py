@@ -61,7 +61,7 @@ from tqdm import tqdm
 from pipeline.inference import ModelBundle
 from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams
-from pipeline.preprocess.view_reader import ViewReaderParams
+from pipeline.preprocess.view_reader import ViewReaderParams, reader_in_bundle
 from train.dataset.prepare import prepare
 from train.evaluate import evaluate
 from train.evaluation.abstention_transfer import (
@@ -103,7 +103,9 @@ class Bundle:
 
     @property
     def params(self) -> PreprocessParams:
-        return params_from_dict(self.info["preprocess"])
+        """The bundle's preprocessing, its view reader (if any) found inside the bundle."""
+        params = params_from_dict(self.info["preprocess"])
+        return replace(params, view_reader=reader_in_bundle(self.path, params.view_reader))
 
     @property
     def label(self) -> str:

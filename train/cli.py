@@ -7,6 +7,7 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -15,6 +16,9 @@ from train.fetch import add_fetch_command
 from train.ood_cli import add_ood_command
 from train.training_cli import add_training_commands
 from train.view_reader.cli import add_view_reader_command
+
+if TYPE_CHECKING:
+    from pipeline.preprocess.study import PreprocessParams
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         "--key-file",
         type=Path,
         help="pseudonym key (hex); default DATASET/pseudonym.key, created once",
+    )
+    prepare.add_argument(
+        "--view-reader",
+        type=Path,
+        metavar="DIR",
+        help="a learned view reader beside the heuristics; bundles exported from the dataset "
+        "carry it",
     )
     prepare.set_defaults(run=_prepare)
 
@@ -161,15 +172,26 @@ def _syntaxes(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
-def _preprocess(args: argparse.Namespace) -> int:
-    from pipeline.dicomio import DicomImageError, read_radiograph
-    from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
+def _with_view_reader(reader: Path | None) -> PreprocessParams:
+    """Today's preprocessing, with the learned view reader in folder `reader` beside the
+    heuristics when one is given."""
+    from pipeline.preprocess.study import PreprocessParams
     from pipeline.preprocess.view_reader import ViewReaderParams
-    from train.dataset.records import rejection_record, view_record, write_png
 
     params = PreprocessParams()
-    if args.view_reader:
-        params = replace(params, view_reader=ViewReaderParams(path=str(args.view_reader)))
+    if reader is None:
+        return params
+    if not (reader / "weights.pt").is_file():
+        raise SystemExit(f"dicomnode-train: --view-reader {reader}: no weights.pt there")
+    return replace(params, view_reader=ViewReaderParams(path=str(reader)))
+
+
+def _preprocess(args: argparse.Namespace) -> int:
+    from pipeline.dicomio import DicomImageError, read_radiograph
+    from pipeline.preprocess.study import preprocess_radiograph
+    from train.dataset.records import rejection_record, view_record, write_png
+
+    params = _with_view_reader(args.view_reader)
     failures = 0
     for path in args.files:
         try:
@@ -218,6 +240,7 @@ def _prepare(args: argparse.Namespace) -> int:
             workers=args.workers,
             shard=(k, n),
             key_file=args.key_file,
+            params=_with_view_reader(args.view_reader),
             progress=bar.update,
             on_total=lambda total: setattr(bar, "total", total),
         )

@@ -3,6 +3,7 @@ bundle from any working directory, and a bundle whose reader is missing is refus
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from dataclasses import replace
@@ -16,6 +17,7 @@ from pipeline.preprocess.params_io import params_from_dict, params_to_dict
 from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
 from pipeline.preprocess.view_reader import BUNDLED_READER, ViewReaderParams
 from train.bundle_reader import carry_view_reader
+from train.cli import main
 from train.phantoms.archive import generate_archive, read_truth
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,11 +59,11 @@ def test_a_reader_that_is_nowhere_is_an_error_naming_it(tmp_path: Path) -> None:
 
 def _bundle_naming(tmp_path: Path, reader: str, *, carry: bool) -> Path:
     bundle = tmp_path / "bundle"
-    shutil.copytree(DEMO, bundle)
+    shutil.copytree(DEMO, bundle, ignore=shutil.ignore_patterns(BUNDLED_READER))
     if carry:
         shutil.copytree(READER, bundle / BUNDLED_READER)
     info = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
-    info["preprocess"]["view_reader"] = {"path": reader}  # the demo bundle names no reader
+    info["preprocess"]["view_reader"] = {"path": reader}
     (bundle / "model.json").write_text(json.dumps(info), encoding="utf-8")
     return bundle
 
@@ -86,3 +88,27 @@ def test_a_bundle_whose_reader_is_missing_is_refused_when_loaded(tmp_path: Path)
     bundle = _bundle_naming(tmp_path, BUNDLED_READER, carry=False)
     with pytest.raises(BundleError, match="names a view reader, 'view-reader'"):
         ModelBundle.load(bundle)
+
+
+def test_prepare_with_a_view_reader_records_it_for_export(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    generate_archive(archive, studies=3, seed=6, syntaxes=("explicit_le",), workers=1)
+    dataset = tmp_path / "dataset"
+    code = main(["prepare", str(archive), "--labels", str(archive / "labels.csv"),
+                 "--out", str(dataset), "--workers", "1",
+                 "--view-reader", str(READER)])  # fmt: skip
+    assert code == 0
+    recorded = json.loads((dataset / "preprocess.json").read_text(encoding="utf-8"))
+    assert recorded["view_reader"]["path"] == str(READER)
+    with (dataset / "metadata.csv").open(encoding="utf-8") as handle:
+        cues = [row["cues"] for row in csv.DictReader(handle)]
+    assert cues and all("reader" in c for c in cues)  # every view's scope was read by it
+    out = tmp_path / "bundle"
+    carried = carry_view_reader(recorded, dataset, out)
+    assert params_from_dict(carried).view_reader.path == BUNDLED_READER
+
+
+def test_a_view_reader_folder_without_weights_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"no weights\.pt"):
+        main(["prepare", str(tmp_path), "--labels", str(tmp_path / "labels.csv"),
+              "--out", str(tmp_path / "dataset"), "--view-reader", str(tmp_path)])  # fmt: skip
