@@ -108,6 +108,10 @@ DEMO_SUBGROUPS = $(DEMO_WORK)/heldout/truth.csv --by fracture_kind,fracture_subt
 # in-distribution abstention rate is at most 2% (`dicomnode-train ood-fit`; the model card's
 # "Abstention"), then the drift reference (the held-out archive through the node's own path,
 # abstention included).
+# The datasets are prepared with the view reader beside the heuristics, so the bundle carries
+# it. (The shipped 2.3.0 is 2.2.0's network, trained and calibrated on the heuristics' views
+# before the reader existed, with the reader added to its preprocessing afterwards and its
+# figures measured again: see its model card.)
 DEMO_VERSION := 2.3.0
 DEMO_OOD_FIT_SEEDS := 3301 3306
 DEMO_OOD_THRESHOLD_SEEDS := 3302 3307 3309 3310
@@ -116,7 +120,7 @@ define demo_archive
 	  --syntaxes native --workers $(DEMO_WORKERS)
 	$(BIN)/dicomnode-train prepare $(DEMO_WORK)/$(1) --labels $(DEMO_WORK)/$(1)/labels.csv \
 	  --out $(DEMO_WORK)/$(1)-dataset --key-file $(DEMO_WORK)/pseudonym.key \
-	  --workers $(DEMO_WORKERS)
+	  --workers $(DEMO_WORKERS) --view-reader $(VIEW_READER)
 endef
 demo-model: install
 	$(call demo_archive,archive,$(DEMO_STUDIES),1001)

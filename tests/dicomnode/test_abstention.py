@@ -30,6 +30,7 @@ from dicomnode.worker import analyse_next
 from pipeline.dicomio import Radiograph, read_radiograph
 from pipeline.inference import NEGATIVE_INCOMPLETE, ModelBundle, StudyPrediction
 from pipeline.ood import NOT_ANALYSABLE, OOD_FILE
+from pipeline.preprocess.view_reader import ViewReaderParams
 from tests.dicomnode.test_reports import (
     _dciodvfy_errors,
     _dsrdump,
@@ -66,6 +67,11 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> Case:
     generate_archive(archive, studies=6, seed=5, syntaxes=("explicit_le",), workers=1)
     bundle = ModelBundle.load(BUNDLE)
     assert bundle.ood is not None, "the demo bundle carries an OOD detector"
+    # The detector alone: the bundle's view reader refuses pure noise before it is scored (as
+    # test_the_view_reader_refuses_noise_before_the_detector_sees_it shows).
+    bundle.preprocess_params = dataclasses.replace(
+        bundle.preprocess_params, view_reader=ViewReaderParams()
+    )
     row = next(
         r
         for r in read_truth(archive)
@@ -107,6 +113,14 @@ def test_far_out_view_abstains_and_the_study_is_analysed_on_the_rest(
     assert mixed.level == alone.level
     assert mixed.analysed_views == tuple(near)
     assert NOT_ANALYSABLE in mixed.reason
+
+
+def test_the_view_reader_refuses_noise_before_the_detector_sees_it(case: Case) -> None:
+    shipped = ModelBundle.load(BUNDLE)
+    assert shipped.preprocess_params.view_reader.path  # the demo bundle carries its reader
+    prediction = shipped.predict([case.noise[1]], heatmaps=False)
+    assert not prediction.in_scope and not prediction.views and not prediction.abstained
+    assert "does not look like a wrist" in prediction.reason or "looks like a" in prediction.reason
 
 
 def test_a_study_of_far_out_images_only_is_not_analysable(case: Case) -> None:
