@@ -2,10 +2,13 @@
 
 Part 1 runs on one core: for full-size synthetic wrists (varied angle, inversion, frames, two
 parts), decode once, then time every step of `preprocess_radiograph` (decoding excluded) and
-print the median ms per step and in total (target: under 100 ms in total).
+print the median ms per step and in total (target: under 100 ms in total, any learned step
+included). The parameters are the demo bundle's, as the node runs them (its view reader
+included); `--heuristics-only` drops the reader to compare.
 Part 2 prepares a synthetic archive with 2 workers and prints images per second.
 
-    .venv/bin/python bench/preprocess.py [--images 12] [--studies 200]
+    .venv/bin/python bench/preprocess.py [--images 12] [--studies 200] [--bundle DIR]
+        [--heuristics-only] [--skip-prepare]
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from synthetic import radiograph as stored_radiograph  # bench/synthetic.py, beside it
 
+from pipeline.inference import ModelBundle
 from pipeline.preprocess.study import PreprocessParams, preprocess_radiograph
+from pipeline.preprocess.view_reader import ViewReaderParams
 from train.phantoms.anatomy import random_view_spec, render_view
 
-STEPS = ("wrist_filter", "inversion", "part_splitter", "rotation", "geometry")
+STEPS = ("view_reader", "wrist_filter", "inversion", "part_splitter", "rotation", "geometry")
+DEMO = Path(__file__).resolve().parents[1] / "config" / "models" / "wrist-demo"
 
 
 def _full_size_radiographs(count: int) -> list[object]:
@@ -54,10 +61,10 @@ def _full_size_radiographs(count: int) -> list[object]:
     return images
 
 
-def bench_steps(count: int) -> None:
+def bench_steps(count: int, params: PreprocessParams) -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    params = PreprocessParams()
+    torch.set_num_threads(1)
     radiographs = _full_size_radiographs(count)
     preprocess_radiograph(radiographs[0], params)  # warm-up
     per_step: dict[str, list[float]] = {step: [] for step in STEPS}
@@ -111,9 +118,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--studies", type=int, default=200)
+    parser.add_argument("--bundle", type=Path, default=DEMO, help="whose preprocessing to time")
+    parser.add_argument("--heuristics-only", action="store_true", help="without a view reader")
+    parser.add_argument("--skip-prepare", action="store_true", help="part 1 only")
     args = parser.parse_args()
-    bench_prepare(args.studies)  # before pinning this process to one core
-    bench_steps(args.images)
+    params = ModelBundle.load(args.bundle).preprocess_params
+    if args.heuristics_only:
+        params = replace(params, view_reader=ViewReaderParams())
+    reader = params.view_reader.path
+    print(f"preprocessing of {args.bundle}" + (f", view reader {reader}" if reader else ""))
+    if not args.skip_prepare:
+        bench_prepare(args.studies)  # before pinning this process to one core
+    bench_steps(args.images, params)
 
 
 if __name__ == "__main__":

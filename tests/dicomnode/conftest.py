@@ -20,4 +20,5 @@ def broken_bundle(tmp_path: Path) -> Path:
     (bundle / "model.json").write_text(json.dumps(info), encoding="utf-8")
     (bundle / "weights.pt").symlink_to(DEMO_BUNDLE / "weights.pt")
     (bundle / "ood.npz").symlink_to(DEMO_BUNDLE / "ood.npz")
+    (bundle / "view-reader").symlink_to(DEMO_BUNDLE / "view-reader")  # the bundle carries it
     return bundle
